@@ -1,0 +1,131 @@
+"""The ``tell`` command: one subcommand per job, flags generated from the job's config schema.
+
+Every error a user can cause ends as one line on stderr and exit code 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import types
+import typing
+from typing import Any
+
+from jobs.config import JOBS, job_fields, load_job
+from tell.errors import TellError
+
+COMMANDS = {
+    "train": "Fit TELL on Parquet data with Ray Train (DDP), checkpointing to object storage.",
+    "assign": "Assign every row to a cluster (exactly once) and write the result to storage.",
+    "evaluate": "ACC/NMI/ARI/inertia/size table of committed assignments against labels.",
+    "explain": "Write a self-contained HTML report explaining a model on a data set.",
+    "demo": "Run the whole pipeline locally on bundled data: train, assign, evaluate, explain.",
+}
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def _flag_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is tuple:
+        return {"nargs": "+", "type": args[0], "metavar": args[0].__name__.upper()}
+    return {"type": annotation, "metavar": getattr(annotation, "__name__", "VALUE").upper()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tell",
+        description="TELL interpretable neural clustering on Ray: train, assign, evaluate, "
+        "explain. Every flag is also a key of the YAML file given with --config "
+        "(--batch-size <-> batch_size); flags override the file.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, text in COMMANDS.items():
+        p = sub.add_parser(command, help=text, description=text)
+        p.add_argument("--config", metavar="FILE", help="YAML file with this job's keys")
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        for name, annotation, default, doc in job_fields(command):
+            flags = ["--" + name.replace("_", "-")]
+            if name == "id_columns":
+                flags.append("--id-column")
+            shown = "" if default in (None, "") else f" (default: {default})"
+            p.add_argument(
+                *flags,
+                dest=name,
+                default=None,
+                help=(doc or name) + shown,
+                **_flag_kwargs(annotation, default),
+            )
+    return parser
+
+
+def _user_error(exc: BaseException) -> TellError | None:
+    """The TellError behind ``exc``, looking through Ray's wrappers and exception chains."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TellError):
+            return current
+        stack += [
+            getattr(current, "cause", None),
+            current.__cause__,
+            current.__context__,
+            *getattr(current, "worker_failures", {}).values(),
+        ]
+        stack = [e for e in stack if isinstance(e, BaseException)]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = {
+        name: getattr(args, name)
+        for name, *_ in job_fields(args.command)
+        if getattr(args, name) is not None
+    }
+    try:
+        job = load_job(args.command, args.config, overrides)
+        module = importlib.import_module(f"jobs.{args.command}")
+        result = module.main(*job) if isinstance(job, tuple) else module.main(job)
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary turns errors into one line
+        if args.debug:
+            raise
+        user_error = _user_error(exc)
+        if user_error is not None:
+            print(f"tell {args.command}: error: {_one_line(user_error)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(
+            f"tell {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Job configs: one schema for YAML files and command-line flags, validated before Ray starts.
+
+Each job has a frozen dataclass. Its fields are the config-file keys and, in kebab-case, the
+command-line flags (``batch_size`` <-> ``--batch-size``). The train job also takes every key
+of :class:`tell.config.TrainConfig` at the top level (``k``, ``encoder``, ``epochs``, ...).
+Values come from the YAML file given with ``--config``, then flags override them. Unknown
+keys, wrong types and impossible values are refused with the key's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tell.config import TrainConfig, check_range, from_mapping
+from tell.errors import TellConfigError
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
+
+
+def check_run_id(name: str, value: str) -> None:
+    """A run id / run name becomes a path component: letters, digits, ``._=-``, no ``..``."""
+    if not _RUN_ID.match(value) or ".." in value:
+        raise TellConfigError(
+            f"The {name!r} must be 1-128 characters of letters, digits and '._=-', not starting "
+            f"with a symbol and without '..'. Got {value!r}."
+        )
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Compute settings shared by the Ray jobs.
+
+    workers : number of Ray workers (training processes or inference actors).
+    gpus_per_worker : GPUs per worker (0: CPU; fractions share a GPU).
+    cpus_per_worker : CPUs reserved per worker (fractions leave room for Ray Data's readers).
+    """
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_range("workers", self.workers, low=1)
+        check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class TrainJob(Resources):
+    """``tell train``: fit TELL on Parquet data with Ray Train DDP.
+
+    data : URI of the input Parquet data set (local directory or s3://bucket/prefix).
+    column : name of the feature column (fixed_size_list/list of numbers, or image bytes).
+    out : URI under which runs, checkpoints and the final model are written.
+    name : run name; re-using it resumes that run from its last checkpoint.
+    max_failures : worker failures survived by restarting from the last checkpoint.
+    """
+
+    data: str = ""
+    out: str = ""
+    column: str = "embedding"
+    name: str = "tell-train"
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require("data", self.data)
+        _require("out", self.out)
+        check_run_id("name", self.name)
+        check_range("max_failures", self.max_failures, low=0)
+
+
+@dataclass(frozen=True)
+class AssignJob(Resources):
+    """``tell assign``: assign every row of a data set to a cluster, exactly once.
+
+    model : URI of a trained model directory (model.safetensors + metadata.json).
+    data : URI of the input Parquet data set (hive partitions like dt=2026-11-28/ allowed).
+    out : URI of the output root; each run commits under out/<run_id>/.
+    column : name of the feature column.
+    id_columns : input columns copied to the output (row identity).
+    run_id : name of this run; re-running it replaces its output. Default: derived from
+        the model and input.
+    batch_size : rows per inference batch.
+    min_rows_per_file : smallest output file, in rows.
+    incremental : with hive-partitioned input, assign only partitions with no committed output.
+    """
+
+    model: str = ""
+    data: str = ""
+    out: str = ""
+    column: str = "embedding"
+    id_columns: tuple[str, ...] = ("id",)
+    run_id: str | None = None
+    batch_size: int = 65536
+    min_rows_per_file: int = 1_000_000
+    incremental: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("model", "data", "out"):
+            _require(key, getattr(self, key))
+        if self.run_id is not None:
+            check_run_id("run_id", self.run_id)
+        check_range("batch_size", self.batch_size, low=1)
+        check_range("min_rows_per_file", self.min_rows_per_file, low=1)
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """``tell evaluate``: quality of committed assignments against a label column.
+
+    assignments : URI of a committed assignment run (the directory holding _SUCCESS).
+    data : URI of the input data holding the labels (joined on id_column); optional when
+        the label column was passed through to the assignments.
+    label_column : name of the ground-truth label column.
+    id_column : column joining assignments to the input rows.
+    out : optional path of a JSON file for the metrics.
+    """
+
+    assignments: str = ""
+    data: str | None = None
+    label_column: str = "label"
+    id_column: str = "id"
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _require("assignments", self.assignments)
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """``tell explain``: a self-contained HTML report of a model on a data set.
+
+    model : URI of a trained model directory.
+    data : URI of the Parquet data to explain (a sample is drawn).
+    out : local directory for report.html.
+    column : name of the feature column.
+    label_column : optional ground-truth column for per-cluster metrics.
+    text_column : optional text column shown for the nearest rows of each center.
+    sample_rows : rows drawn for the plots.
+    """
+
+    model: str = ""
+    data: str = ""
+    out: str = ""
+    column: str = "embedding"
+    label_column: str | None = None
+    text_column: str | None = None
+    sample_rows: int = 5000
+
+    def __post_init__(self) -> None:
+        for key in ("model", "data", "out"):
+            _require(key, getattr(self, key))
+        check_range("sample_rows", self.sample_rows, low=1)
+
+
+@dataclass(frozen=True)
+class DemoJob(Resources):
+    """``tell demo``: the whole pipeline on bundled data, locally.
+
+    dataset : "digits" (ships with scikit-learn), "mnist" (when cached) or "auto".
+    workdir : local directory used as the object store.
+    epochs : training epochs.
+    workers : training workers.
+    """
+
+    dataset: str = "auto"
+    workdir: str = "tell-demo"
+    epochs: int = 30
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset not in ("auto", "digits", "mnist"):
+            raise TellConfigError(
+                f"The 'dataset' must be one of ['auto', 'digits', 'mnist']. Got {self.dataset!r}."
+            )
+        check_range("epochs", self.epochs, low=1)
+
+
+JOBS: dict[str, type] = {
+    "train": TrainJob,
+    "assign": AssignJob,
+    "evaluate": EvaluateJob,
+    "explain": ExplainJob,
+    "demo": DemoJob,
+}
+
+
+def _require(key: str, value: str) -> None:
+    if not value:
+        raise TellConfigError(f"The {key!r} key is required (flag --{key.replace('_', '-')}).")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from a local file, with clear errors."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise TellConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TellConfigError(f"Config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TellConfigError(f"Config file {path} must hold a mapping of keys to values.")
+    return data
+
+
+def build_job(kind: str, values: dict[str, Any]) -> Any:
+    """Validate ``values`` (merged file + flags) into the job's config object.
+
+    For ``train`` returns ``(TrainJob, TrainConfig)``; otherwise the job dataclass.
+    """
+    where = f"{kind} config"
+    job_cls = JOBS[kind]
+    if kind != "train":
+        return from_mapping(job_cls, values, where)
+    model_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    job_keys = {f.name for f in dataclasses.fields(TrainJob)}
+    unknown = sorted(set(values) - model_keys - job_keys)
+    if unknown:
+        raise TellConfigError(
+            f"Unknown key {unknown[0]!r} in the {where}; valid keys are "
+            f"{sorted(model_keys | job_keys)}."
+        )
+    job = from_mapping(TrainJob, {k: v for k, v in values.items() if k in job_keys}, where)
+    model = from_mapping(TrainConfig, {k: v for k, v in values.items() if k in model_keys}, where)
+    return job, model
+
+
+def load_job(kind: str, config_path: str | None, overrides: dict[str, Any]) -> Any:
+    """Merge the YAML file (if any) with flag overrides and validate (see :func:`build_job`)."""
+    values = read_yaml(config_path) if config_path else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_job(kind, values)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``name : text`` lines of a class docstring's attribute list (for --help)."""
+    docs: dict[str, str] = {}
+    current = None
+    for line in (cls.__doc__ or "").splitlines():
+        m = re.match(r"^\s{4}(\w+) : (.*)$", line)
+        if m:
+            current = m.group(1)
+            docs[current] = m.group(2)
+        elif current and line.startswith("        "):
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    return docs
+
+
+def job_fields(kind: str) -> list[tuple[str, Any, Any, str]]:
+    """(name, annotation, default, help) for every key of a job, in a stable order."""
+    classes = [JOBS[kind]] + ([TrainConfig] if kind == "train" else [])
+    out = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        docs = {**field_docs(Resources), **field_docs(cls)}
+        for f in dataclasses.fields(cls):
+            default = None if f.default is dataclasses.MISSING else f.default
+            out.append((f.name, hints[f.name], default, docs.get(f.name, "")))
+    return out

@@ -1,0 +1,376 @@
+"""``TELL``: the in-memory, scikit-learn style estimator.
+
+>>> import numpy as np
+>>> from tell import TELL
+>>> X = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
+>>> model = TELL(n_clusters=3, max_iter=2, random_state=0).fit(X)
+>>> model.predict(X[:5]).shape
+(5,)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tell import checkpoint
+from tell._validation import check_enough_rows, check_matrix
+from tell.assign import assign
+from tell.config import TrainConfig, check_choice
+from tell.engine import (
+    CENTERS,
+    PRETRAIN,
+    make_optimizer,
+    phase_for_epoch,
+    repair_until,
+    run_epoch,
+)
+from tell.errors import NotFittedError
+from tell.init import initial_centers
+from tell.metrics import inertia as inertia_of
+from tell.model import TELLNet
+
+logger = logging.getLogger(__name__)
+
+_INFERENCE_BATCH_ROWS = 8192
+
+
+class TELL:
+    """Interpretable neural clustering (Peng et al., JMLR 2022) with fit/predict.
+
+    Parameters
+    ----------
+    n_clusters : int, k >= 2.
+    encoder : "identity" (cluster the L2-normalised rows themselves), "mlp" (fully
+        connected autoencoder) or "conv" (the paper's convolutional autoencoder; rows are
+        images of ``image_shape``).
+    latent_dim, hidden_dims, image_shape : the autoencoder's shape.
+    max_iter : training epochs (passes over X).
+    pretrain_epochs : autoencoder-only epochs before the centers are initialised.
+    batch_size, optimizer, lr : minibatch size and the autoencoder's optimizer.
+    alpha, cluster_weight, grad_fraction, center_lr : the clustering layer's scale, lambda,
+        the gradient normalisation (10% of the center norm) and the center step multiplier.
+    init : "k-means++" (greedy, on encoded features) or "random" (the paper).
+    repair : move dead and redundant centers into the worst-fitted clusters after each
+        centers epoch but the last few (see ``tell.engine.repair_centers_``).
+    init_sample_rows : rows of X used for k-means++.
+    n_init : restarts; the lowest final L_clu wins.
+    tol : stop early when at most this fraction of rows changed cluster in an epoch.
+    device : "cpu", "cuda" or "auto".
+    random_state : int or None.
+    verbose : 0 silent, 1 logs a line per epoch (``logging`` at INFO).
+
+    Attributes
+    ----------
+    model_ : TELLNet, the trained network.
+    cluster_centers_ : ndarray (k, d), float32, unit centers in feature space (= W / (2 alpha)).
+    labels_ : ndarray (n,), int64, cluster of each training row.
+    inertia_ : float, sum of squared distances of the training rows to their centers.
+    n_iter_ : int, epochs run.
+    history_ : list of dict, per-epoch statistics of the kept run.
+    n_features_in_ : int, values per input row.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        encoder: str = "identity",
+        latent_dim: int = 10,
+        hidden_dims: tuple[int, ...] = (500, 500, 2000),
+        image_shape: tuple[int, int, int] | None = None,
+        max_iter: int = 20,
+        pretrain_epochs: int = 0,
+        batch_size: int = 256,
+        optimizer: str = "adadelta",
+        lr: float = 1.0,
+        alpha: float = 0.001,
+        cluster_weight: float = 0.01,
+        grad_fraction: float = 0.1,
+        center_lr: float = 1.0,
+        init: str = "k-means++",
+        repair: bool = True,
+        init_sample_rows: int = 100_000,
+        n_init: int = 1,
+        tol: float = 0.0,
+        device: str = "cpu",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.encoder = encoder
+        self.latent_dim = latent_dim
+        self.hidden_dims = hidden_dims
+        self.image_shape = image_shape
+        self.max_iter = max_iter
+        self.pretrain_epochs = pretrain_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.alpha = alpha
+        self.cluster_weight = cluster_weight
+        self.grad_fraction = grad_fraction
+        self.center_lr = center_lr
+        self.init = init
+        self.repair = repair
+        self.init_sample_rows = init_sample_rows
+        self.n_init = n_init
+        self.tol = tol
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any = None) -> TELL:
+        """Train on X: an array (n, D) or images (n, H, W, C). Returns self."""
+        X = check_matrix(X)
+        cfg = self._config()
+        check_enough_rows(X.shape[0], cfg.k)
+        device = self._device()
+        x_all = torch.from_numpy(X).to(device)
+        best: tuple[float, TELLNet, list[dict]] | None = None
+        for run in range(cfg.n_init):
+            net, history = self._fit_once(x_all, cfg, cfg.seed + run, device)
+            final_clu = history[-1]["clu_loss"]
+            if self.verbose:
+                logger.info("run %d: final L_clu %.6g", run, final_clu)
+            if best is None or final_clu < best[0]:
+                best = (final_clu, net, history)
+        assert best is not None
+        self.model_, self.history_ = best[1], best[2]
+        self.n_iter_ = len(self.history_)
+        self.n_features_in_ = X.shape[1]
+        self._partial_epoch = self.n_iter_
+        self._optimizer = make_optimizer(self.model_, cfg.optimizer, cfg.lr)
+        z = self._encode(x_all)
+        self.labels_ = assign(z, self.model_.cluster.centers).labels.cpu().numpy()
+        self.inertia_ = inertia_of(z.cpu().numpy(), self.cluster_centers_, self.labels_)
+        return self
+
+    def partial_fit(self, X: Any, y: Any = None) -> TELL:
+        """Online update: one pass over the batch X (initialising on it the first time)."""
+        cfg = self._config()
+        device = self._device()
+        if not hasattr(self, "model_"):
+            X = check_matrix(X)
+            check_enough_rows(X.shape[0], cfg.k)
+            self.model_ = TELLNet(cfg.encoder_spec(X.shape[1]), cfg.k, cfg.alpha).to(device)
+            self._optimizer = make_optimizer(self.model_, cfg.optimizer, cfg.lr)
+            self.n_features_in_ = X.shape[1]
+            self._partial_epoch = 0
+            self.history_ = []
+            x_all = torch.from_numpy(X).to(device)
+            self._init_centers(self.model_, x_all, cfg, cfg.seed)
+        else:
+            X = check_matrix(X, n_features=self.n_features_in_)
+            x_all = torch.from_numpy(X).to(device)
+        phase = phase_for_epoch(self._partial_epoch, self.model_.has_decoder)
+        generator = torch.Generator().manual_seed(cfg.seed + self._partial_epoch)
+        batches = _shuffled_batches(x_all, cfg.batch_size, generator)
+        self.history_.append(run_epoch(self.model_, batches, self._optimizer, phase, cfg))
+        self._partial_epoch += 1
+        self.n_iter_ = self._partial_epoch
+        return self
+
+    def _fit_once(
+        self, x_all: torch.Tensor, cfg: TrainConfig, seed: int, device: torch.device
+    ) -> tuple[TELLNet, list[dict]]:
+        torch.manual_seed(seed)
+        net = TELLNet(cfg.encoder_spec(x_all.shape[1]), cfg.k, cfg.alpha).to(device)
+        optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
+        generator = torch.Generator().manual_seed(seed)
+        history: list[dict] = []
+        for _ in range(cfg.pretrain_epochs if net.has_decoder else 0):
+            batches = _shuffled_batches(x_all, cfg.batch_size, generator)
+            history.append(run_epoch(net, batches, optimizer, PRETRAIN, cfg))
+        self._init_centers(net, x_all, cfg, seed)
+        previous: torch.Tensor | None = None
+        for epoch in range(cfg.epochs):
+            phase = phase_for_epoch(epoch, net.has_decoder)
+            batches = _shuffled_batches(x_all, cfg.batch_size, generator)
+            repair = cfg.repair and epoch < repair_until(cfg.epochs)
+            summary = run_epoch(net, batches, optimizer, phase, cfg, repair=repair)
+            history.append(summary)
+            if self.verbose:
+                logger.info("epoch %d %s: %s", epoch, phase, _short(summary))
+            if cfg.tol > 0 and phase == CENTERS:
+                labels = assign(self._encode(x_all, net), net.cluster.centers).labels
+                if previous is not None:
+                    summary["changed_fraction"] = float((labels != previous).float().mean())
+                    if summary["changed_fraction"] <= cfg.tol:
+                        break
+                previous = labels
+        return net, history
+
+    def _init_centers(self, net: TELLNet, x_all: torch.Tensor, cfg: TrainConfig, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        n_sample = min(cfg.init_sample_rows, x_all.shape[0])
+        rows = torch.randperm(x_all.shape[0], generator=generator)[:n_sample].to(x_all.device)
+        z_sample = self._encode(x_all[rows], net)
+        centers = initial_centers(cfg.init, z_sample.cpu(), cfg.k, seed)
+        net.cluster.set_centers_(centers)
+
+    # --------------------------------------------------------------- inference
+    def predict(self, X: Any) -> np.ndarray:
+        """Nearest center of each row: ndarray (n,), int64."""
+        return self.explain(X)["cluster"]
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """``fit(X).labels_``."""
+        return self.fit(X).labels_
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Squared Euclidean distances (n, k), float32, of each row's feature to every center."""
+        z = self._encode(self._checked(X))
+        centers = self.model_.cluster.centers
+        return (2.0 - 2.0 * (z @ centers.t())).clamp_min(0.0).cpu().numpy()
+
+    def explain(self, X: Any) -> dict[str, np.ndarray]:
+        """Each row's cluster, distance, runner-up cluster and margin (arrays of shape (n,)).
+
+        ``distance`` is the squared Euclidean distance on the unit sphere (in [0, 4]) to the
+        assigned center; ``margin`` = distance to the runner-up minus ``distance``.
+        """
+        z = self._encode(self._checked(X))
+        result = assign(z, self.model_.cluster.centers)
+        return {
+            "cluster": result.labels.cpu().numpy(),
+            "distance": result.distance.cpu().numpy(),
+            "runner_up": result.runner_up.cpu().numpy(),
+            "margin": result.margin.cpu().numpy(),
+        }
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Opposite of the inertia of X in feature space (higher is better, as in sklearn)."""
+        return -float(self.explain(X)["distance"].astype(np.float64).sum())
+
+    def encode(self, X: Any) -> np.ndarray:
+        """Unit features (n, d), float32: where the centers live."""
+        return self._encode(self._checked(X)).cpu().numpy()
+
+    @property
+    def cluster_centers_(self) -> np.ndarray:
+        """Unit centers (k, d), float32, in feature space."""
+        self._check_fitted()
+        return self.model_.cluster.centers.cpu().numpy()
+
+    # ------------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> None:
+        """Write the fitted model as safetensors + JSON metadata into ``directory``."""
+        self._check_fitted()
+        meta = {"config": self._config().to_dict(), "n_iter": self.n_iter_}
+        checkpoint.save(self.model_, directory, meta)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> TELL:
+        """Rebuild a fitted estimator from :meth:`save`'s directory (never unpickles)."""
+        net, meta = checkpoint.load(directory)
+        cfg = meta.get("config", {})
+        est = cls(n_clusters=net.cluster.n_clusters, encoder=net.spec.kind, device=device)
+        est.set_params(**{k: v for k, v in _estimator_params(cfg).items() if k in est.__dict__})
+        est.model_ = net.to(est._device())
+        est.n_features_in_ = net.spec.input_dim
+        est.n_iter_ = int(meta.get("n_iter", 0))
+        est.history_ = []
+        est._partial_epoch = est.n_iter_
+        est._optimizer = make_optimizer(net, est.optimizer, est.lr)
+        return est
+
+    # ------------------------------------------------------------------ sklearn
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {
+            k: v for k, v in self.__dict__.items() if not k.startswith("_") and not k.endswith("_")
+        }
+
+    def set_params(self, **params: Any) -> TELL:
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise ValueError(f"Invalid parameter {key!r} for TELL.")
+            setattr(self, key, value)
+        return self
+
+    # ---------------------------------------------------------------- helpers
+    def _config(self) -> TrainConfig:
+        check_choice("device", self.device, ("cpu", "cuda", "auto"))
+        seed = self.random_state
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        return TrainConfig(
+            k=self.n_clusters,
+            encoder=self.encoder,
+            latent_dim=self.latent_dim,
+            hidden_dims=tuple(self.hidden_dims),
+            image_shape=tuple(self.image_shape) if self.image_shape is not None else None,
+            epochs=self.max_iter,
+            pretrain_epochs=self.pretrain_epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            alpha=self.alpha,
+            cluster_weight=self.cluster_weight,
+            grad_fraction=self.grad_fraction,
+            center_lr=self.center_lr,
+            init=self.init,
+            repair=self.repair,
+            init_sample_rows=self.init_sample_rows,
+            n_init=self.n_init,
+            tol=self.tol,
+            seed=int(seed),
+        )
+
+    def _device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("This TELL instance is not fitted yet; call fit(X) first.")
+
+    def _checked(self, X: Any) -> torch.Tensor:
+        self._check_fitted()
+        X = check_matrix(X, n_features=self.n_features_in_)
+        return torch.from_numpy(X).to(self.model_.cluster.weight.device)
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor, net: TELLNet | None = None) -> torch.Tensor:
+        """Unit features (n, d) of rows x (n, D), in eval mode, chunked."""
+        net = net if net is not None else self.model_
+        was_training = net.training
+        net.eval()
+        z = torch.cat(
+            [
+                net.encode(x[i : i + _INFERENCE_BATCH_ROWS])
+                for i in range(0, x.shape[0], _INFERENCE_BATCH_ROWS)
+            ]
+        )
+        net.train(was_training)
+        return z
+
+
+def _shuffled_batches(
+    x_all: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Rows of x_all in a random order, in batches (a trailing batch of one row is dropped:
+    batch norm cannot train on it)."""
+    order = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
+    for start in range(0, x_all.shape[0], batch_size):
+        idx = order[start : start + batch_size]
+        if idx.numel() >= 2 or x_all.shape[0] == 1:
+            yield x_all[idx]
+
+
+def _estimator_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Map a TrainConfig dict to estimator parameter names."""
+    renamed = {"k": "n_clusters", "epochs": "max_iter", "seed": "random_state"}
+    return {renamed.get(k, k): v for k, v in cfg.items()}
+
+
+def _short(summary: dict) -> str:
+    keys = ("rec_loss", "clu_loss", "inertia_per_row", "dead_centers", "moved")
+    return " ".join(f"{k}={summary[k]:.5g}" for k in keys)

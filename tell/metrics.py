@@ -1,0 +1,68 @@
+"""Clustering quality: ACC (Hungarian), NMI, ARI, inertia and the cluster-size histogram."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+
+def cluster_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Best one-to-one map of clusters to labels (Hungarian), fraction of rows it gets right.
+
+    Works for any label values, empty clusters and k != number of classes: the
+    contingency table is built over the labels that occur, and rows left unmatched when
+    k != classes count as errors.
+
+    Parameters
+    ----------
+    y_true, y_pred : arrays of shape (n,), integer labels.
+    """
+    y_true = np.asarray(y_true).ravel()
+    y_pred = np.asarray(y_pred).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y_true.size} != {y_pred.size}.")
+    if y_true.size == 0:
+        raise ValueError("cluster_accuracy needs at least one row.")
+    classes, t = np.unique(y_true, return_inverse=True)
+    clusters, p = np.unique(y_pred, return_inverse=True)
+    table = np.zeros((clusters.size, classes.size), dtype=np.int64)
+    np.add.at(table, (p, t), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / y_true.size)
+
+
+def cluster_sizes(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Rows per cluster, shape (k,), int64 (empty clusters count 0)."""
+    return np.bincount(np.asarray(labels).ravel(), minlength=n_clusters).astype(np.int64)
+
+
+def inertia(z: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> float:
+    """Sum of squared Euclidean distances of rows z (n, d) to their centers (k, d)."""
+    diff = np.asarray(z, dtype=np.float64) - np.asarray(centers, dtype=np.float64)[labels]
+    return float(np.einsum("ij,ij->", diff, diff))
+
+
+def clustering_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """ACC, NMI (arithmetic normalisation) and ARI as a dict of floats in [0, 1] (ARI >= -1)."""
+    return {
+        "acc": cluster_accuracy(y_true, y_pred),
+        "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
+        "ari": float(adjusted_rand_score(y_true, y_pred)),
+    }
+
+
+def partition_inertia(x: np.ndarray, labels: np.ndarray) -> float:
+    """The k-means objective of a partition: sum of squared distances to each cluster's MEAN.
+
+    Compares partitions fairly whatever centers their method keeps (TELL keeps unit
+    centers on the sphere, k-means keeps means inside it).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels).ravel()
+    _, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse).astype(np.float64)
+    sums = np.zeros((counts.size, x.shape[1]))
+    np.add.at(sums, inverse, x)
+    # sum ||x - mean||^2 = sum ||x||^2 - sum_c ||sum_c||^2 / n_c
+    return float(np.einsum("ij,ij->", x, x) - (np.einsum("ij,ij->i", sums, sums) / counts).sum())
