@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from jobs.config import JOBS, job_fields, load_job
+from jobs.config import job_fields, load_job
 from tell.errors import TellError
 
 COMMANDS = {
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         job = load_job(args.command, args.config, overrides)
         module = importlib.import_module(f"jobs.{args.command}")
         result = module.main(*job) if isinstance(job, tuple) else module.main(job)
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary turns errors into one line
+    except Exception as exc:
         if args.debug:
             raise
         user_error = _user_error(exc)

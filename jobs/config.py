@@ -209,7 +209,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise TellConfigError(f"Config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise TellConfigError(
+            f"Config file {path} is not valid YAML: {exc}".splitlines()[0]
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -422,3 +423,85 @@ def _non_numeric(column: str, typ: pa.DataType) -> TellDataError:
         f"Column {column!r} has type {typ}, which is not a numeric feature column. "
         "Expected fixed_size_list or list of integers or floats, or binary image bytes."
     )
+
+
+# --------------------------------------------------------------------------- screening
+
+
+class RowScreen(NamedTuple):
+    """A batch split into usable and rejected rows.
+
+    matrix : (m, d) float32, the rows that can be clustered (finite, length d), in order.
+    valid : (n,) bool, which input rows those are.
+    reasons : (n,) object array, None for valid rows, else why the row was rejected.
+    """
+
+    matrix: np.ndarray
+    valid: np.ndarray
+    reasons: np.ndarray
+
+
+def screen_rows(table: pa.Table | pa.RecordBatch, column: str, dim: int) -> RowScreen:
+    """Read ``column`` row by row-safe: reject nulls, wrong lengths and non-finite values.
+
+    Unlike :func:`table_to_matrix`, bad *rows* do not raise; they are reported with a
+    reason ("null", "length 3, expected 4", "non-finite value") so a job can quarantine
+    them. A column of the wrong *type* still raises :class:`TellDataError`.
+    """
+    arr = _select_column(table, column)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if isinstance(arr.type, pa.BaseExtensionType):
+        arr = arr.storage
+    n = len(arr)
+    reasons = np.full(n, None, dtype=object)
+    typ = arr.type
+    if pa.types.is_fixed_size_list(typ) or pa.types.is_fixed_size_binary(typ):
+        width = typ.list_size if pa.types.is_fixed_size_list(typ) else typ.byte_width
+        lengths = np.full(n, width, dtype=np.int64)
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False)
+    elif pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        lengths = pc.fill_null(pc.binary_length(arr), -1).to_numpy(zero_copy_only=False)
+    else:
+        raise _non_numeric(column, typ)
+    is_null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        vtype = typ.value_type
+        if not (pa.types.is_integer(vtype) or pa.types.is_floating(vtype)):
+            raise _non_numeric(column, typ)
+    good_len = (lengths == dim) & ~is_null
+    reasons[is_null] = "null"
+    bad_len = ~is_null & (lengths != dim)
+    for i in np.flatnonzero(bad_len):
+        reasons[i] = f"length {int(lengths[i])}, expected {dim}"
+    rows = np.flatnonzero(good_len)
+    subset = arr if rows.size == n else arr.take(pa.array(rows))
+    if rows.size:
+        matrix = _array_to_matrix_nullsafe(subset, column, dim)
+        finite = np.isfinite(matrix).all(axis=1)
+    else:
+        matrix = np.empty((0, dim), dtype=np.float32)
+        finite = np.empty(0, dtype=bool)
+    reasons[rows[~finite]] = "non-finite value"
+    valid = np.zeros(n, dtype=bool)
+    valid[rows[finite]] = True
+    return RowScreen(np.ascontiguousarray(matrix[finite]), valid, reasons)
+
+
+def _array_to_matrix_nullsafe(arr: pa.Array, column: str, dim: int) -> np.ndarray:
+    """Rows of equal length ``dim`` to float32; null *values* inside a row become NaN."""
+    typ = arr.type
+    if (
+        pa.types.is_fixed_size_binary(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    ):
+        return _array_to_matrix(arr, column)
+    values = arr.flatten()
+    if values.null_count:
+        values = pc.fill_null(pc.cast(values, pa.float32()), np.float32("nan"))
+    flat = values.to_numpy(zero_copy_only=False)
+    if pa.types.is_uint8(values.type):
+        flat = flat.astype(np.float32) / np.float32(255.0)
+    return flat.astype(np.float32, copy=False).reshape(len(arr), dim)

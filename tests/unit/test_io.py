@@ -245,3 +245,37 @@ def test_write_parquet_files_refuses_stale_files_unless_overwrite(tmp_path):
 def test_write_parquet_files_bad_n_files(tmp_path, n_files):
     with pytest.raises(TellConfigError, match=r"'n_files' parameter must be an int in \[1, 4\]"):
         write_parquet_files(embeddings_to_table(X), tmp_path, n_files)
+
+
+def test_screen_rows_quarantines_bad_rows_with_reasons():
+    from tell.io import screen_rows
+
+    col = pa.array(
+        [[1.0, 2.0], None, [1.0], [float("nan"), 0.0], [3.0, None], [5.0, 6.0]],
+        type=pa.list_(pa.float32()),
+    )
+    screen = screen_rows(pa.table({"e": col}), "e", 2)
+    assert screen.valid.tolist() == [True, False, False, False, False, True]
+    assert screen.reasons.tolist() == [
+        None,
+        "null",
+        "length 1, expected 2",
+        "non-finite value",
+        "non-finite value",
+        None,
+    ]
+    np.testing.assert_array_equal(screen.matrix, [[1.0, 2.0], [5.0, 6.0]])
+
+
+def test_screen_rows_fixed_size_and_wrong_type():
+    from tell.io import screen_rows
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x[2, 1] = np.inf
+    table = embeddings_to_table(x)
+    screen = screen_rows(table, "embedding", 3)
+    assert screen.valid.tolist() == [True, True, False, True]
+    wrong = screen_rows(table, "embedding", 4)
+    assert not wrong.valid.any() and wrong.reasons[0] == "length 3, expected 4"
+    with pytest.raises(TellDataError, match="not a numeric feature column"):
+        screen_rows(pa.table({"e": pa.array(["a", "b"])}), "e", 2)

@@ -1,0 +1,1 @@
+"""Ray jobs around the :mod:`tell` library: storage, training, assignment, CLI."""

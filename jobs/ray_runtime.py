@@ -1,0 +1,22 @@
+"""Starting or joining Ray the same way from every job."""
+
+from __future__ import annotations
+
+import os
+
+# Set before Ray is imported anywhere in the process.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
