@@ -242,6 +242,10 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
     out = storage.resolve(job.out)
     started = time.perf_counter()
     scan = scan_input(info, cfg.init_sample_rows, cfg.seed)
+    logger.info(
+        "scanned %d rows (%d bad) and drew %d sample rows in %.1f s",
+        scan.rows, scan.bad_rows, len(scan.sample), time.perf_counter() - started,
+    )
     if scan.bad_rows:
         raise TellDataError(
             f"{scan.bad_rows} of {scan.rows} rows of column {job.column!r} in {job.data} "
@@ -292,7 +296,9 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
         ),
         datasets={"train": dataset},
     )
+    fit_started = time.perf_counter()
     result = trainer.fit()
+    logger.info("training finished in %.1f s", time.perf_counter() - fit_started)
     if result.checkpoint is None:
         raise TellDataError(f"Training run {job.name!r} finished without a checkpoint.")
     with result.checkpoint.as_directory() as directory:

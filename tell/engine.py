@@ -112,7 +112,7 @@ def train_step(
     net = unwrap(model)
     layer = net.cluster
     out = model(x, detach_features=(phase == CENTERS))
-    clu = cluster_loss(out.scores, out.labels, layer.alpha, cluster_weight)
+    clu = cluster_loss(out.picked, layer.n_clusters, layer.alpha, cluster_weight)
     rec = reconstruction_loss(out.x_hat, x) if out.x_hat is not None else clu.new_zeros(())
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
@@ -125,7 +125,7 @@ def train_step(
     if optimizer is not None:
         optimizer.step()
     with torch.no_grad():
-        top2 = layer.distances(out.scores.detach().topk(2, dim=1).values)  # (B, 2)
+        top2 = layer.distances(out.scores.topk(2, dim=1).values)  # (B, 2)
     return StepStats(
         rec.detach(), clu.detach(), out.labels, out.z.detach(), top2[:, 0], top2[:, 1] - top2[:, 0]
     )

@@ -14,30 +14,29 @@ def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_loss(
-    scores: torch.Tensor,
-    labels: torch.Tensor,
+    picked: torch.Tensor,
+    n_clusters: int,
     alpha: float,
     weight: float = DEFAULT_CLUSTER_WEIGHT,
 ) -> torch.Tensor:
     """The reference code's L_clu, a scalar.
 
-    ``(weight / alpha) * mean over the B*k entries of (2 alpha - onehot(c) * s)``.
-    With unit features and centers this equals
+    ``(weight / alpha) * mean over the B*k entries of (2 alpha - onehot(c) * s)``; only the
+    assigned center's score ``s_i,c(i)`` is nonzero in ``onehot(c) * s``, so it is computed
+    from those B scores. With unit features and centers this equals
     ``weight * 2 * (1 - 1/k) + (weight / k) * mean_i ||z_i - Omega_c(i)||^2``:
     a constant plus the k-means objective, so its gradient is the k-means gradient.
     ``weight`` is the paper's lambda (0.01).
 
     Parameters
     ----------
-    scores : Tensor of shape (B, k), the layer's scores ``W z``.
-    labels : Tensor of shape (B,), int64, the assigned (argmax) center of each row.
+    picked : Tensor of shape (B,), ``W_c(i) . z_i`` for the assigned center c(i).
+    n_clusters : int, k.
     alpha : float, the layer's scale.
     weight : float, lambda.
     """
-    picked = scores.gather(1, labels[:, None]).squeeze(1)  # (B,)
-    n_clusters = scores.shape[1]
     # mean over B*k of (2a - onehot*s) == 2a - sum_i s_i,c(i) / (B k)
-    mean_term = 2.0 * alpha - picked.sum() / (scores.shape[0] * n_clusters)
+    mean_term = 2.0 * alpha - picked.sum() / (picked.shape[0] * n_clusters)
     return (weight / alpha) * mean_term
 
 

@@ -21,14 +21,17 @@ class TELLOutput(NamedTuple):
     """What one forward pass returns.
 
     z : Tensor (B, d_z), float32, unit L2 norm per row (the feature space of the centers).
-    scores : Tensor (B, k), ``W z``; argmax = nearest center.
-    labels : Tensor (B,), int64, hard assignment (argmax of scores); carries no gradient.
+    scores : Tensor (B, k), ``W z`` without gradient; argmax = nearest center.
+    labels : Tensor (B,), int64, hard assignment (argmax of scores).
+    picked : Tensor (B,), ``W_c(i) . z_i``, the score of each row's own center, WITH gradient
+        (to W, and to z unless features are detached): all that L_clu needs.
     x_hat : Tensor (B, D) reconstruction g(z), or None for the identity encoder.
     """
 
     z: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
+    picked: torch.Tensor
     x_hat: torch.Tensor | None
 
 
@@ -66,7 +69,12 @@ class TELLNet(nn.Module):
         scores on ``z.detach()`` so the clustering loss trains only the centers.
         """
         z = F.normalize(self.encoder(x), dim=1)
-        scores = self.cluster(z.detach() if detach_features else z)
-        labels = scores.detach().argmax(dim=1)
+        z_clu = z.detach() if detach_features else z
+        with torch.no_grad():
+            scores = self.cluster(z_clu)  # (B, k)
+            labels = scores.argmax(dim=1)
+        # Only the assigned center's score enters L_clu (the hard one-hot of the reference
+        # code), so its gradient is a sparse row update instead of a second (B, k) GEMM.
+        picked = (self.cluster.weight[labels] * z_clu).sum(dim=1)  # (B,)
         x_hat = self.decoder(z) if self.decoder is not None else None
-        return TELLOutput(z, scores, labels, x_hat)
+        return TELLOutput(z, scores, labels, picked, x_hat)

@@ -66,7 +66,8 @@ def test_cluster_loss_is_constant_plus_scaled_mean_squared_distance(k):
     scores = layer(z)
     labels = scores.argmax(dim=1)
     sq = ((z - layer.centers[labels]) ** 2).sum(dim=1)
-    loss = cluster_loss(scores, labels, layer.alpha, weight=0.01)
+    picked = scores.gather(1, labels[:, None]).squeeze(1)
+    loss = cluster_loss(picked, k, layer.alpha, weight=0.01)
     expected = cluster_loss_constant(k, 0.01) + (0.01 / k) * sq.mean()
     torch.testing.assert_close(loss, expected.to(loss), rtol=1e-4, atol=1e-7)
     # the reference code's literal formula
@@ -102,7 +103,7 @@ def test_even_epochs_encoder_gets_no_cluster_gradient():
     net = _mlp_net()
     x = torch.rand(32, 12)
     out = net(x, detach_features=True)
-    clu = cluster_loss(out.scores, out.labels, net.cluster.alpha)
+    clu = cluster_loss(out.picked, 4, net.cluster.alpha)
     clu.backward()
     for name, p in net.named_parameters():
         if name.startswith("encoder"):
