@@ -1,0 +1,198 @@
+"""``tell explain``: a self-contained HTML report of a trained model on a sample of a data set.
+
+Runs on the driver without Ray: a bounded random sample (:mod:`jobs.sample`) is encoded and
+assigned with the model, the centers are decoded into prototypes when the inputs are images,
+and :func:`jobs.report.build_report` renders the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs import storage
+from jobs.config import ExplainJob
+from jobs.data import InputInfo, inspect_input
+from jobs.model_store import load_model
+from jobs.report import build_report
+from jobs.sample import Sample, read_sample
+from tell.assign import assign
+from tell.errors import TellDataError
+from tell.metrics import clustering_scores
+from tell.model import TELLNet
+
+logger = logging.getLogger("tell.explain")
+
+ENCODE_BATCH_ROWS = 4096
+NEAREST_PER_CLUSTER = 5
+ID_COLUMN = "id"
+SEED = 0
+
+
+@torch.no_grad()
+def encode(model: TELLNet, x: np.ndarray) -> np.ndarray:
+    """Unit features (n, d_z) float32 of inputs x (n, D), in chunks of ENCODE_BATCH_ROWS."""
+    parts = [
+        model.encode(torch.from_numpy(np.ascontiguousarray(x[i : i + ENCODE_BATCH_ROWS])))
+        for i in range(0, len(x), ENCODE_BATCH_ROWS)
+    ]
+    return torch.cat(parts).numpy()
+
+
+@torch.no_grad()
+def prototypes(model: TELLNet, image_shape: tuple[int, int, int] | None) -> np.ndarray | None:
+    """Centers as images (k, H, W, C) in [0, 1], or None when the model's inputs are not images.
+
+    Models with a decoder decode the centers; the identity model's centers live in pixel
+    space already and are shown rescaled (each center divided by its largest value).
+    """
+    if image_shape is None:
+        return None
+    centers = model.cluster.centers  # (k, d_z)
+    if model.decoder is not None:
+        images = model.decoder(centers).clamp(0.0, 1.0)
+    elif model.spec.kind == "identity":
+        images = centers.clamp_min(0.0) / centers.amax(dim=1, keepdim=True).clamp_min(1e-12)
+    else:
+        return None
+    return images.reshape(len(centers), *image_shape).numpy()
+
+
+def _image_shape(model: TELLNet, info: InputInfo) -> tuple[int, int, int] | None:
+    shape = model.spec.image_shape or info.image_shape
+    if shape is not None and int(np.prod(shape)) == model.spec.input_dim:
+        return tuple(int(s) for s in shape)
+    return None
+
+
+def _has_nulls(values: np.ndarray) -> bool:
+    """Nulls of an Arrow column read with to_numpy: None (object) or NaN (float)."""
+    if values.dtype == object:
+        return any(v is None for v in values)
+    return bool(np.issubdtype(values.dtype, np.floating) and np.isnan(values).any())
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _nearest_rows(
+    labels: np.ndarray,
+    distance: np.ndarray,
+    sample: Sample,
+    k: int,
+    text_column: str | None,
+    image_shape: tuple[int, int, int] | None,
+) -> list[list[dict[str, Any]]]:
+    ids = sample.columns.get(ID_COLUMN)
+    out: list[list[dict[str, Any]]] = []
+    order = np.lexsort((distance, labels))  # by cluster, then distance
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    for j in range(k):
+        rows = []
+        for i in order[bounds[j] : bounds[j + 1]][:NEAREST_PER_CLUSTER]:
+            row = {
+                "id": _plain(ids[i]) if ids is not None else f"sample row {i}",
+                "distance": float(distance[i]),
+                "text": sample.columns[text_column][i] if text_column else None,
+            }
+            if image_shape is not None:
+                row["image"] = np.clip(sample.x[i].reshape(image_shape), 0.0, 1.0)
+            rows.append(row)
+        out.append(rows)
+    return out
+
+
+def _check_columns(job: ExplainJob, info: InputInfo) -> list[str]:
+    extra = []
+    for key in ("label_column", "text_column"):
+        name = getattr(job, key)
+        if name is None:
+            continue
+        if name not in info.columns:
+            raise TellDataError(
+                f"The {key} {name!r} is not a column of {job.data}; columns are "
+                f"{info.columns}. Set --{key.replace('_', '-')} to one of them or leave it out."
+            )
+        extra.append(name)
+    if ID_COLUMN in info.columns and ID_COLUMN not in extra:
+        extra.append(ID_COLUMN)
+    return extra
+
+
+def _write(out: str, html: str) -> str:
+    if "://" in out:
+        target = storage.resolve(out).join("report.html")
+        storage.write_bytes(target, html.encode("utf-8"))
+        return str(target)
+    path = Path(out).expanduser().resolve() / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return str(path)
+
+
+def main(job: ExplainJob) -> dict[str, Any]:
+    """Load the model, sample the data, and write ``<out>/report.html``.
+
+    Returns a summary: the report's path, rows sampled and dropped, clusters used, and
+    ACC/NMI/ARI on the sample when a label column was given.
+    """
+    model, meta = load_model(job.model)
+    info = inspect_input(job.data, job.column)
+    if info.dim != model.spec.input_dim:
+        raise TellDataError(
+            f"Column {job.column!r} of {job.data} has {info.dim} values per row, but the model "
+            f"at {job.model} takes {model.spec.input_dim}. Pass the data the model was trained on."
+        )
+    sample = read_sample(info, _check_columns(job, info), job.sample_rows, SEED)
+    y_true = None
+    if job.label_column:
+        y_true = sample.columns[job.label_column]
+        if _has_nulls(y_true):
+            raise TellDataError(
+                f"Label column {job.label_column!r} of {job.data} has null values in the sample; "
+                "fill them or leave --label-column out."
+            )
+    z = encode(model, sample.x)
+    centers = model.cluster.centers
+    result = assign(torch.from_numpy(z), centers)
+    labels, distance = result.labels.numpy(), result.distance.numpy()
+    k = len(centers)
+    sizes = np.bincount(labels, minlength=k)
+    image_shape = _image_shape(model, info)
+    logger.info("explaining %d sampled rows of %s with %d clusters", len(labels), job.data, k)
+    html = build_report(
+        z_sample=z,
+        labels=labels,
+        distance=distance,
+        margin=result.margin.numpy(),
+        centers=centers.numpy(),
+        cluster_sizes=sizes,
+        prototypes=prototypes(model, image_shape),
+        nearest_rows=_nearest_rows(labels, distance, sample, k, job.text_column, image_shape),
+        y_true=y_true,
+        title=f"TELL report: {meta.get('run_name', 'model')} on {job.data}",
+        metadata={
+            "model_uri": job.model,
+            "data_uri": job.data,
+            "sample_rows": len(labels),
+            "dropped_rows": sample.dropped,
+            **meta,
+        },
+    )
+    path = _write(job.out, html)
+    summary: dict[str, Any] = {
+        "report": path,
+        "sample_rows": len(labels),
+        "dropped_rows": sample.dropped,
+        "n_clusters": k,
+        "clusters_used": int((sizes > 0).sum()),
+    }
+    if y_true is not None:
+        summary["sample_scores"] = clustering_scores(y_true, labels)
+    logger.info("report written to %s", path)
+    return summary
