@@ -232,6 +232,13 @@ def plan(job: TrainJob, cfg: TrainConfig) -> tuple[InputInfo, TrainConfig, Encod
     return info, cfg, spec
 
 
+def _fits_in_object_store(n_bytes: int, share: float = 0.25) -> bool:
+    """Whether ``n_bytes`` of features take at most ``share`` of the cluster's object store."""
+    import ray
+
+    return n_bytes <= share * ray.cluster_resources().get("object_store_memory", 0)
+
+
 def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
     """Run the training job; returns a summary (model location, final metrics)."""
     info, cfg, spec = plan(job, cfg)
@@ -244,7 +251,10 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
     scan = scan_input(info, cfg.init_sample_rows, cfg.seed)
     logger.info(
         "scanned %d rows (%d bad) and drew %d sample rows in %.1f s",
-        scan.rows, scan.bad_rows, len(scan.sample), time.perf_counter() - started,
+        scan.rows,
+        scan.bad_rows,
+        len(scan.sample),
+        time.perf_counter() - started,
     )
     if scan.bad_rows:
         raise TellDataError(
@@ -252,11 +262,14 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
             f"cannot be used for training (first: {scan.first_reason}); clean the data "
             "(tell assign quarantines such rows instead)."
         )
-    dataset = (
-        read_dataset(info, [job.column])
-        .randomize_block_order(seed=cfg.seed)
-        .map_batches(FeatureBatches(job.column, info.dim), batch_format="pyarrow")
+    dataset = read_dataset(info, [job.column]).map_batches(
+        FeatureBatches(job.column, info.dim), batch_format="pyarrow"
     )
+    if _fits_in_object_store(scan.rows * info.dim * 4):
+        # Small enough: decode once and keep the features in the object store instead of
+        # re-reading and re-decoding the Parquet files every epoch.
+        dataset = dataset.materialize()
+    dataset = dataset.randomize_block_order(seed=cfg.seed)
     metadata = {
         "run_name": job.name,
         "config": cfg.to_dict(),

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from jobs import train
 from jobs.config import TrainJob
@@ -30,39 +31,43 @@ def _job(data_dir, out, name, workers=2, **kw):
     return TrainJob(data=str(data_dir), out=str(out), name=name, workers=workers, **kw)
 
 
-def test_two_workers_keep_identical_centers_and_cluster_well(ray_cluster, blobs_dir, tmp_path):
-    data_dir, data = blobs_dir
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, blobs_dir, tmp_path_factory):
+    """One uninterrupted 2-worker run, shared by the tests below."""
+    data_dir, _ = blobs_dir
+    out = tmp_path_factory.mktemp("clean")
     cfg = TrainConfig(k=K, epochs=4, batch_size=256, seed=0)
-    summary = train.main(_job(data_dir, tmp_path, "ddp-2"), cfg)
+    return train.main(_job(data_dir, out, "ddp-2"), cfg), out, cfg
+
+
+def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_dir):
+    summary, out, _ = clean_run
+    _, data = blobs_dir
     assert summary["epochs"] == 4 and summary["rows"] == 6000
     assert summary["metrics"]["replica_divergence"] == 0.0
     model, meta = load_model(summary["model"])
     assert meta["config"]["k"] == K and meta["input"]["dim"] == 16
-    import torch
-
     with torch.no_grad():
         z = model.encode(torch.from_numpy(data.X))
         labels = (z @ model.cluster.centers.T).argmax(1).numpy()
     assert cluster_accuracy(data.y, labels) >= 0.95
     # every epoch's metrics were reported and checkpointed to storage
-    runs = [p for p in (tmp_path / "runs" / "ddp-2").glob("checkpoint_*") if p.is_dir()]
+    runs = [p for p in (out / "runs" / "ddp-2").glob("checkpoint_*") if p.is_dir()]
     assert runs, "no checkpoint persisted"
     meta_files = [json.loads((r / "metadata.json").read_text()) for r in runs]
     assert all(m["metrics"]["replica_divergence"] == 0.0 for m in meta_files)
 
 
 def test_killed_worker_resumes_from_checkpoint_and_finishes(
-    ray_cluster, blobs_dir, tmp_path, monkeypatch
+    clean_run, blobs_dir, tmp_path, monkeypatch
 ):
+    clean, _, cfg = clean_run
     data_dir, _ = blobs_dir
     marker = tmp_path / "killed"
     monkeypatch.setenv("TELL_FAULT_INJECT", f"kill:rank=1:epoch=2:step=3:marker={marker}")
-    cfg = TrainConfig(k=K, epochs=4, batch_size=256, seed=0)
     summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", max_failures=2), cfg)
     assert marker.exists(), "the fault was not injected"
     assert summary["epochs"] == 4
-    monkeypatch.delenv("TELL_FAULT_INJECT")
-    clean = train.main(_job(data_dir, tmp_path / "clean", "clean"), cfg)
     faulty_model, _ = load_model(summary["model"])
     clean_model, _ = load_model(clean["model"])
     # Same clusters found: each center of one run has a near-identical twin in the other.
