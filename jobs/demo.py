@@ -75,7 +75,7 @@ def main(job: DemoJob) -> dict[str, Any]:
     evaluated = _stage(
         "evaluate",
         evaluate.main,
-        EvaluateJob(assignments=assigned["output"], label_column="label", id_column="id"),
+        EvaluateJob(assignments=assigned["run"], label_column="label", id_column="id"),
     )
     explained = _stage(
         "explain",
@@ -90,7 +90,7 @@ def main(job: DemoJob) -> dict[str, Any]:
     summary = {
         "data": str(data_dir),
         "model": trained["model"],
-        "assignments": assigned["output"],
+        "assignments": assigned["run"],
         "report": explained["report"],
         "metrics": {k: evaluated[k] for k in ("acc", "nmi", "ari", "inertia") if k in evaluated},
     }
