@@ -1,7 +1,8 @@
 """The ``tell`` command: one subcommand per job, flags generated from the job's config schema.
 
-Every error a user can cause ends as one line on stderr and exit code 2; ``--debug`` shows
-the traceback instead.
+Every error a user can cause ends as one line on stderr and exit code 2 (usage errors
+included); other errors as one line and exit code 1. ``--debug`` (before or after the
+command) prints the traceback first; the exit code stays the same.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
+import traceback
 import types
 import typing
 from typing import Any
 
 from jobs.config import job_fields, load_job
+from tell import errors as tell_errors
 from tell.errors import TellError
 
 COMMANDS = {
@@ -42,8 +46,16 @@ def _flag_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
     return {"type": annotation, "metavar": getattr(annotation, "__name__", "VALUE").upper()}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line on stderr (exit 2), like every
+    other user error, instead of the usage block plus the error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tell",
         description="TELL interpretable neural clustering on Ray: train, assign, evaluate, "
         "explain. Every flag is also a key of the YAML file given with --config "
@@ -54,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command, text in COMMANDS.items():
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("--config", metavar="FILE", help="YAML file with this job's keys")
-        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        # SUPPRESS: without --debug here, the value of 'tell --debug COMMAND' stands.
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
         for name, annotation, default, doc in job_fields(command):
             flags = ["--" + name.replace("_", "-")]
             if name == "id_columns":
@@ -74,6 +89,7 @@ def _user_error(exc: BaseException) -> TellError | None:
     """The TellError behind ``exc``, looking through Ray's wrappers and exception chains."""
     seen: set[int] = set()
     stack = [exc]
+    remote: list[BaseException] = []
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
@@ -81,6 +97,8 @@ def _user_error(exc: BaseException) -> TellError | None:
         seen.add(id(current))
         if isinstance(current, TellError):
             return current
+        if type(current).__module__.startswith("ray."):
+            remote.append(current)
         stack += [
             getattr(current, "cause", None),
             current.__cause__,
@@ -88,13 +106,30 @@ def _user_error(exc: BaseException) -> TellError | None:
             *getattr(current, "worker_failures", {}).values(),
         ]
         stack = [e for e in stack if isinstance(e, BaseException)]
+    return next(filter(None, map(_user_error_from_text, remote)), None)
+
+
+# Ray Data re-raises a task's exception as RayTaskError(UserCodeException) whose chain no
+# longer holds the original object, only its traceback text: "tell.errors.TellDataError: ...".
+_REMOTE_TELL_ERROR = re.compile(r"^tell\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _user_error_from_text(exc: BaseException) -> TellError | None:
+    for name, message in _REMOTE_TELL_ERROR.findall(str(exc)):
+        cls = getattr(tell_errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, TellError):
+            return cls(message.strip())
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # INFO from tell's own loggers only: libraries' INFO (e.g. aiobotocore's "Found
+    # credentials in environment variables") would be noise on stderr. Ray logs on its own.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in ("tell", "jobs"):
+        logging.getLogger(name).setLevel(logging.INFO)
     overrides = {
         name: getattr(args, name)
         for name, *_ in job_fields(args.command)
@@ -106,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         result = module.main(*job) if isinstance(job, tuple) else module.main(job)
     except Exception as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
         user_error = _user_error(exc)
         if user_error is not None:
             print(f"tell {args.command}: error: {_one_line(user_error)}", file=sys.stderr)

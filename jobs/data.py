@@ -86,7 +86,11 @@ def inspect_input(uri: str, column: str, required: Sequence[str] = ()) -> InputI
                 raise TellDataError(
                     f"Column {name!r} not found in {path}; columns are {file_schema.names}."
                 )
-        widths.setdefault(_fixed_width(file_schema.field(column).type), path)
+        column_type = file_schema.field(column).type
+        # Type check from the schema alone (an empty column of this type), for every file:
+        # fixed-width columns are never screened on the driver otherwise.
+        screen_rows(pa.table({column: pa.array([], column_type)}), column, 1)
+        widths.setdefault(_fixed_width(column_type), path)
     if len(widths) > 1:
         (w1, f1), (w2, f2) = list(widths.items())[:2]
         raise TellDataError(
@@ -100,7 +104,6 @@ def inspect_input(uri: str, column: str, required: Sequence[str] = ()) -> InputI
     dim = _fixed_width(column_type)
     if dim is None:
         dim = _first_row_width(loc, files, footers, column)
-    # Screening one row checks the type is numeric (raises a clear error otherwise).
     return InputInfo(
         uri=uri,
         location=loc,

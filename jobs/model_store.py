@@ -25,6 +25,11 @@ def load_model(uri: str) -> tuple[TELLNet, dict[str, Any]]:
     Returns (model in eval mode, metadata).
     """
     loc = storage.resolve(uri)
+    if loc.is_s3:
+        # The endpoint, credentials and bucket first, with one LIST: the HEADs below get
+        # bare 403s (no error code), which cannot tell rejected credentials from denied
+        # access. (write=True: a missing model is reported below, with its own hint.)
+        storage.check_access(loc, write=True)
     files = {}
     for name in (checkpoint.METADATA_FILE, checkpoint.WEIGHTS_FILE):
         path = loc.join(name)

@@ -1,0 +1,63 @@
+"""Run a benchmark: ``python -m jobs.benchmark {quality,train,assign} [args...]``.
+
+Each benchmark is the module ``jobs.benchmarks.<name>`` with ``main(argv) -> dict``; it is
+imported only when asked for, so a benchmark whose module is missing (or fails to import)
+does not stop the others. ``python -m jobs.benchmark <name> --help`` shows its arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+BENCHMARKS = {
+    "quality": "ACC/NMI/ARI of TELL per seed beside scikit-learn k-means and the paper.",
+    "train": "Training throughput (rows/s) of the Ray Train job.",
+    "assign": "Assignment throughput (rows/s) of the Ray Data assign job.",
+}
+EXIT_USAGE = 2
+
+
+def _usage() -> str:
+    lines = ["usage: python -m jobs.benchmark {" + ",".join(BENCHMARKS) + "} [args...]", ""]
+    lines += [f"  {name:<8} {text}" for name, text in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def load_benchmark(name: str) -> Callable[[list[str]], dict]:
+    """The ``main`` of ``jobs.benchmarks.<name>``; raises LookupError with a clear message."""
+    if name not in BENCHMARKS:
+        raise LookupError(f"Unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}.")
+    module_name = f"jobs.benchmarks.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # the benchmark exists but one of its own imports is missing
+        raise LookupError(
+            f"Benchmark {name!r} is not available: {module_name.replace('.', '/')}.py "
+            "does not exist yet."
+        ) from None
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise LookupError(f"{module_name} has no main(argv) function.")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else EXIT_USAGE
+    try:
+        run = load_benchmark(argv[0])
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""Clustering quality of TELL per seed, beside scikit-learn k-means and the paper's numbers.
+
+``python -m jobs.benchmark quality --dataset mnist|digits|wordnet|synthetic --seeds 5``
+
+For every seed it fits TELL once per encoder (per-dataset defaults below, overridable by
+flags) and scikit-learn ``KMeans(n_init=10, init="k-means++")`` on the same input (raw
+pixels or embeddings), then prints one table row per run (ACC/NMI/ARI in %, final L_clu,
+partition inertia relative to k-means, epochs, wall time), the mean/min per method, the
+paper's numbers and the issue's goal, and writes everything (machine, exact parameters,
+per-epoch history) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from tell import TELL
+from tell.datasets import load_digits, load_mnist, load_wordnet, make_spherical_blobs
+from tell.metrics import clustering_scores, partition_inertia
+
+DATASETS = ("mnist", "digits", "wordnet", "synthetic")
+ENCODERS = ("identity", "mlp", "conv")
+SYNTHETIC_SHAPE = (50_000, 64, 50)  # rows, features, clusters
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "sgd": 0.01}
+
+# TELL parameters per dataset and encoder; the first key is what runs by default.
+# Chosen by the tuning runs recorded in bench-results/quality.md.
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "synthetic": {"identity": {"max_iter": 20}},
+    "wordnet": {
+        "identity": {"max_iter": 30},
+        "mlp": {"max_iter": 30, "pretrain_epochs": 20, "hidden_dims": (512, 128)},
+    },
+    "digits": {
+        "identity": {"max_iter": 30},
+        "conv": {"max_iter": 60, "pretrain_epochs": 30},
+    },
+    "mnist": {"conv": {"max_iter": 150, "pretrain_epochs": 20}},
+}
+ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "identity": {"max_iter": 20},
+    "mlp": {"max_iter": 30, "pretrain_epochs": 20, "hidden_dims": (512, 128)},
+    "conv": {"max_iter": 60, "pretrain_epochs": 20},
+}
+# The mlp autoencoder's input: unit-norm embeddings have per-entry variance ~1/D, so the
+# mean-squared L_rec is ~1/D of the image case and lambda * L_clu swamps it (the features
+# collapse onto the centers). "sqrt-d" multiplies the rows by sqrt(D) for the mlp only.
+INPUT_SCALES = ("none", "sqrt-d")
+
+# (ACC, NMI, ARI) in %; ../shared/docs/TELL.md section 6 and DATA.md.
+REFERENCES: dict[str, dict[str, Any]] = {
+    "mnist": {
+        "paper TELL (best of 5 by L_clu, 3000 epochs)": [95.16, 88.83, 89.66],
+        "paper TELL, 5000 epochs": [95.54, 89.72, 90.44],
+        "paper TELL, ACC of its 5 seeds": [95.16, 95.10, 82.88, 82.04, 81.69],
+        "paper conv AE + k-means (two-stage)": [80.40, 79.65, 74.34],
+        "paper k-means on AE features": [78.32, 77.75, 70.53],
+        "paper k-means on raw pixels": [55.34, 53.20, 40.28],
+    },
+    "wordnet": {"k-means++ on MiniLM (DATA.md)": [58.9, 50.3, 41.5]},
+    "digits": {"k-means (DATA.md)": [79.2, 74.3, 66.6]},
+    "synthetic": {},
+}
+GOALS = {
+    "mnist": "every seed >= 95.2 ACC within 150 epochs (conv AE)",
+    "wordnet": "identity or mlp TELL >= k-means++ (0.589 ACC / 0.503 NMI)",
+    "synthetic": "identity: partition inertia <= 1.01x KMeans(n_init=10), ACC >= 0.98",
+    "digits": "none (smoke-size image data)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.benchmark quality",
+        description="ACC/NMI/ARI of TELL per seed beside scikit-learn k-means and the paper.",
+    )
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--encoder", nargs="+", choices=ENCODERS, help="default: per data set")
+    p.add_argument("--subset", type=int, help="rows (random, fixed across seeds); default all")
+    p.add_argument("--out", help="JSON path (default bench-results/quality-<dataset>.json)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--kmeans-n-init", type=int, default=10, help="0 skips k-means")
+    p.add_argument(
+        "--mlp-input-scale",
+        choices=INPUT_SCALES,
+        default="sqrt-d",
+        help="rows fed to the mlp encoder (default sqrt-d; see INPUT_SCALES)",
+    )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    tune = p.add_argument_group("TELL overrides (applied to every encoder)")
+    tune.add_argument("--epochs", type=int, dest="max_iter")
+    tune.add_argument("--pretrain-epochs", type=int)
+    tune.add_argument("--batch-size", type=int)
+    tune.add_argument("--optimizer", choices=tuple(DEFAULT_LR))
+    tune.add_argument("--lr", type=float, help="default: 1.0 adadelta, 1e-3 adam, 0.01 sgd")
+    tune.add_argument("--latent-dim", type=int)
+    tune.add_argument("--hidden-dims", type=int, nargs="+")
+    tune.add_argument("--init", choices=("k-means++", "random"))
+    tune.add_argument("--n-init", type=int)
+    tune.add_argument("--repair", action=argparse.BooleanOptionalAction, default=None)
+    return p
+
+
+def load_data(name: str, subset: int | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rows X (n, ...) float32, labels y (n,) and a description of exactly what was loaded."""
+    if name == "synthetic":
+        rows, dim, k = SYNTHETIC_SHAPE
+        ds = make_spherical_blobs(subset or rows, dim, k, seed=0)
+        info: dict[str, Any] = {"source": f"make_spherical_blobs(n, {dim}, {k}, seed=0)"}
+        n_classes = k
+    else:
+        ds = {"mnist": load_mnist, "digits": load_digits, "wordnet": load_wordnet}[name]()
+        info = {"source": f"tell.datasets.load_{name}()"}
+        n_classes = ds.n_classes
+    X, y = ds.X, ds.y
+    info["rows_available"] = int(X.shape[0])
+    if subset is not None and name != "synthetic" and subset < X.shape[0]:
+        rows = np.sort(np.random.default_rng(0).permutation(X.shape[0])[:subset])
+        X, y = X[rows], y[rows]
+        info["subset"] = f"{subset} rows drawn with np.random.default_rng(0), same for all seeds"
+    info.update(
+        rows=int(X.shape[0]),
+        shape=list(X.shape[1:]),
+        n_clusters=int(n_classes),
+        image_shape=list(ds.image_shape) if ds.image_shape else None,
+        class_counts=np.bincount(y, minlength=n_classes).tolist(),
+    )
+    return X, y, info
+
+
+def tell_params(args: argparse.Namespace, encoder: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The TELL constructor arguments for one encoder: data-set defaults, then flags."""
+    params = {
+        "n_clusters": info["n_clusters"],
+        "encoder": encoder,
+        **DEFAULTS[args.dataset].get(encoder, ENCODER_DEFAULTS[encoder]),
+        "device": args.device,
+    }
+    if encoder == "conv":
+        params["image_shape"] = tuple(info["image_shape"])
+    for name in ("max_iter", "pretrain_epochs", "batch_size", "optimizer", "lr", "latent_dim"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.optimizer is not None and args.lr is None:
+        params["lr"] = DEFAULT_LR[args.optimizer]
+    for name in ("init", "n_init", "repair"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.hidden_dims is not None:
+        params["hidden_dims"] = tuple(args.hidden_dims)
+    if encoder == "identity":
+        params.pop("pretrain_epochs", None)  # nothing to pretrain
+    return params
+
+
+def run_kmeans(x_flat: np.ndarray, y: np.ndarray, k: int, n_init: int, seed: int) -> dict:
+    start, cpu_start = time.perf_counter(), time.process_time()
+    km = KMeans(k, init="k-means++", n_init=n_init, random_state=seed).fit(x_flat)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "method": f"k-means++ (sklearn, n_init={n_init})",
+        "encoder": None,
+        **clustering_scores(y, km.labels_),
+        "clu_loss": None,
+        "inertia": partition_inertia(x_flat, km.labels_),
+        "epochs": int(km.n_iter_),
+        "pretrain_epochs": 0,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "empty_clusters": int(k - np.unique(km.labels_).size),
+    }
+
+
+def scaled_input(X: np.ndarray, encoder: str, mlp_input_scale: str) -> np.ndarray:
+    """What TELL is fitted on: X itself, or X * sqrt(D) for the mlp with "sqrt-d"."""
+    if encoder == "mlp" and mlp_input_scale == "sqrt-d":
+        return X * np.float32(np.sqrt(np.prod(X.shape[1:])))
+    return X
+
+
+def run_tell(X: np.ndarray, x_flat: np.ndarray, y: np.ndarray, params: dict, seed: int) -> dict:
+    est = TELL(**params, random_state=seed)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    est.fit(X)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    epochs = [h for h in est.history_ if h["phase"] != "pretrain"]
+    return {
+        "method": f"TELL {params['encoder']}",
+        "encoder": params["encoder"],
+        **clustering_scores(y, est.labels_),
+        "clu_loss": float(epochs[-1]["clu_loss"]),
+        "inertia": partition_inertia(x_flat, est.labels_),
+        "epochs": len(epochs),
+        "pretrain_epochs": len(est.history_) - len(epochs),
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "empty_clusters": int(params["n_clusters"] - np.unique(est.labels_).size),
+        "history": [
+            {key: h[key] for key in ("phase", "rec_loss", "clu_loss", "inertia_per_row", "moved")}
+            for h in est.history_
+        ],
+    }
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    """Per method: mean/min/max of the scores, mean wall time, and the paper's protocol
+    (the seed with the lowest final L_clu)."""
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
+        s: dict[str, Any] = {
+            "seeds": len(rs),
+            "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
+            "cpu_s_mean": float(np.mean([r["cpu_s"] for r in rs])),
+        }
+        for key in ("acc", "nmi", "ari", "inertia_vs_kmeans"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                s[key] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)),
+                          "max": float(np.max(vals))}  # fmt: skip
+        if rs[0]["clu_loss"] is not None:
+            best = min(rs, key=lambda r: r["clu_loss"])
+            s["lowest_clu_loss_seed"] = {k: best[k] for k in ("seed", "acc", "nmi", "ari")}
+        out[method] = s
+    return out
+
+
+def check_goal(dataset: str, runs: list[dict], epochs_limit: int = 150) -> dict[str, Any]:
+    """Whether the issue's goal for this data set was met by the runs made (None: no goal)."""
+    tell = [r for r in runs if r["encoder"] is not None]
+    km = [r for r in runs if r["encoder"] is None]
+    if dataset == "synthetic":
+        ident = [r for r in tell if r["encoder"] == "identity"]
+        ok = bool(ident) and all(
+            r["acc"] >= 0.98 and (r.get("inertia_vs_kmeans") or 0) <= 1.01 for r in ident
+        )
+        return {"goal": GOALS[dataset], "met": ok if km else None}
+    if dataset == "wordnet":
+        met = {}
+        for enc in ("identity", "mlp"):
+            rs = [r for r in tell if r["encoder"] == enc]
+            if rs:
+                acc, nmi = np.mean([r["acc"] for r in rs]), np.mean([r["nmi"] for r in rs])
+                met[enc] = {"vs_DATA.md": bool(acc >= 0.589 and nmi >= 0.503)}
+                if km:
+                    met[enc]["vs_measured_kmeans"] = bool(
+                        acc >= np.mean([r["acc"] for r in km])
+                        and nmi >= np.mean([r["nmi"] for r in km])
+                    )
+        return {"goal": GOALS[dataset], "met_by_mean": met}
+    if dataset == "mnist":
+        conv = [r for r in tell if r["encoder"] == "conv"]
+        ok = bool(conv) and all(r["acc"] >= 0.952 and r["epochs"] <= epochs_limit for r in conv)
+        return {"goal": GOALS[dataset], "met": ok}
+    return {"goal": GOALS[dataset], "met": None}
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:6.2f}"
+
+
+def format_row(r: dict) -> str:
+    ratio = r.get("inertia_vs_kmeans")
+    clu = "-" if r["clu_loss"] is None else f"{r['clu_loss']:.7f}"
+    epochs = f"{r['epochs']}" + (f"+{r['pretrain_epochs']}p" if r["pretrain_epochs"] else "")
+    return (
+        f"{r['seed']:>4}  {r['method']:<30} {_pct(r['acc'])} {_pct(r['nmi'])} {_pct(r['ari'])}"
+        f"  {clu:>10}  {'-' if ratio is None else f'{ratio:.4f}':>7}  {epochs:>7}"
+        f"  {r['wall_s']:8.1f}  {r['cpu_s']:8.1f}"
+    )
+
+
+HEADER = (
+    f"{'seed':>4}  {'method':<30} {'ACC%':>6} {'NMI%':>6} {'ARI%':>6}  {'L_clu':>10}"
+    f"  {'in/km':>7}  {'epochs':>7}  {'wall_s':>8}  {'cpu_s':>8}"
+)
+
+
+def format_summary(result: dict) -> str:
+    lines = [f"{'method':<30} {'ACC% mean/min':>14} {'NMI% mean/min':>14} {'ARI% mean/min':>14}"
+             f"  {'low-L_clu seed ACC%':>19}  {'wall_s':>7}  {'cpu_s':>7}"]  # fmt: skip
+    for method, s in result["summary"].items():
+        cells = [
+            f"{_pct(s[k]['mean'])}/{_pct(s[k]['min']).strip():>6}" for k in ("acc", "nmi", "ari")
+        ]
+        best = s.get("lowest_clu_loss_seed")
+        pick = "-" if best is None else f"{_pct(best['acc'])} (seed {best['seed']})"
+        lines.append(
+            f"{method:<30} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}  {pick:>19}"
+            f"  {s['wall_s_mean']:7.1f}  {s['cpu_s_mean']:7.1f}"
+        )
+    for name, values in result["references"].items():
+        kind = "ACC% per seed" if len(values) != 3 else "ACC% / NMI% / ARI%"
+        lines.append(f"{name:<46} {' / '.join(f'{v:.2f}' for v in values)}  ({kind})")
+    lines.append(f"goal: {json.dumps(result['goal'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1. Got {args.seeds}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch sees no CUDA device.")
+    encoders = tuple(args.encoder or DEFAULTS[args.dataset])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    machine = machine_info(args.device)
+    X, y, data = load_data(args.dataset, args.subset)
+    x_flat = X.reshape(X.shape[0], -1)
+    k = data["n_clusters"]
+    params = {enc: tell_params(args, enc, data) for enc in encoders}
+    print(f"quality on {args.dataset}: {data['rows']} rows x {data['shape']}, k={k}; "
+          f"{machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}, "
+          f"device {args.device}")  # fmt: skip
+    for enc, p in params.items():
+        print(f"  TELL {enc}: {p}")
+    print(HEADER, flush=True)
+    runs: list[dict] = []
+    for seed in range(args.seeds):
+        km = None
+        if args.kmeans_n_init > 0:
+            km = {"seed": seed, **run_kmeans(x_flat, y, k, args.kmeans_n_init, seed)}
+            km["inertia_vs_kmeans"] = 1.0
+            runs.append(km)
+            print(format_row(km), flush=True)
+        for enc in encoders:
+            x_in = scaled_input(X, enc, args.mlp_input_scale)
+            r = {"seed": seed, **run_tell(x_in, x_flat, y, params[enc], seed)}
+            r["inertia_vs_kmeans"] = r["inertia"] / km["inertia"] if km else None
+            runs.append(r)
+            print(format_row(r), flush=True)
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result = {
+        "benchmark": "quality",
+        "dataset": args.dataset,
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "machine": machine,
+        "data": data,
+        "tell_params": params,
+        "tell_input": {
+            enc: "rows * sqrt(D)"
+            if enc == "mlp" and args.mlp_input_scale == "sqrt-d"
+            else "rows as loaded"
+            for enc in encoders
+        },
+        "kmeans_params": {"init": "k-means++", "n_init": args.kmeans_n_init} if km else None,
+        "notes": {
+            "scores": "ACC/NMI/ARI as fractions in JSON, % in the printed table",
+            "inertia": "k-means objective of each partition on the k-means input "
+            "(raw pixels / embeddings): sum of squared distances to the cluster MEANS",
+            "epochs": "TELL: clustering epochs (+ pretraining epochs); k-means: Lloyd "
+            "iterations of the kept init",
+            "wall_s": "TELL: whole fit incl. pretraining, init and final assignment; "
+            "k-means: all n_init restarts",
+            "cpu_s": "CPU time of this process over the same span (user+system, all "
+            "threads); on a shared machine wall_s / cpu_s shows the contention",
+        },
+        "runs": runs,
+    }
+    result["summary"] = summarize(runs)
+    result["references"] = REFERENCES[args.dataset]
+    result["goal"] = check_goal(args.dataset, runs)
+    result = json.loads(json.dumps(result, default=_json_default))  # what is written, exactly
+    print()
+    print(format_summary(result))
+    out = Path(args.out or f"bench-results/quality-{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    main()

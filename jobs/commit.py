@@ -1,0 +1,504 @@
+"""Exactly-once output for ``tell assign``: staged parts, then a ``_SUCCESS`` manifest written last.
+
+Nothing here imports Ray: the protocol is plain storage operations on a
+:class:`jobs.storage.Location`, so the unit tests drive it on local directories.
+
+Layout of one committed unit (a run, or one input partition of an incremental run)::
+
+    <out>/<run_id>/                            the unit (incremental: <out>/<run_id>/dt=.../)
+        _SUCCESS                               the manifest (JSON), written LAST
+        _staging/<attempt>/part-*.parquet      assigned rows of one attempt
+        _staging/<attempt>/_rejected/part-*.parquet   rows that could not be assigned + reason
+
+Protocol
+--------
+1. Every attempt (every execution of ``tell assign`` for the unit) writes into a fresh
+   ``_staging/<attempt>/`` prefix (a new UUID), never next to anything else. Each write task
+   streams its rows into files with unique names and *returns* the relative paths and row
+   counts it wrote. Files of a failed or retried write task are never returned, so they can
+   lie in the prefix without ever being referenced.
+2. :func:`commit` reads the footer of every returned file (row counts come from the files,
+   not from the writers' word) and refuses to commit (:class:`RowCountMismatch`) unless
+   ``input rows == assigned rows + rejected rows``.
+3. The commit point is ONE write of ``_SUCCESS``: a single PUT on S3 (visible only when
+   complete), a write-to-temp + rename locally. It lists the exact files of this attempt with
+   their row counts, the row counts in and out, the model id, the input files, the run id,
+   the time and the tell-ray version.
+4. After the commit, staging prefixes of other attempts (crashed runs, the previous commit of
+   a re-run, orphan files of retried tasks) are deleted, best effort.
+
+Why this is exactly-once: readers trust ONLY the files the manifest lists (S3 has no
+rename, so "the files in the directory" is never the truth). A crashed or failed attempt
+writes no manifest, so a unit without ``_SUCCESS`` is not committed, and whatever it left
+in ``_staging/`` is invisible (pyarrow/Spark/Hive also skip ``_``-prefixed paths). Counts are
+reconciled from footers before the commit, so a lost or duplicated row cannot be committed.
+
+Re-running a run id never adds rows: the new attempt stages in its own prefix and replaces
+the manifest in one write, so readers see the old complete output or the new complete
+output, never a mix and never a gap; the old attempt's files are then deleted. If the
+re-run fails, the previous commit stays as it was. (Deleting the old output first would
+open a window with no committed output at all, and copying staged parts to their final
+place would cost a full server-side copy on S3; pointing the manifest at the staged files
+costs nothing.) One writer per unit at a time is assumed (schedulers: concurrencyPolicy
+Forbid); two concurrent writers cannot mix rows, but the later commit may garbage-collect
+the other's staging prefix and make it fail.
+
+Incremental mode: input laid out as hive partitions (``<data>/dt=2026-11-28/*.parquet``,
+nested ``k=v`` levels allowed) is assigned partition by partition; each partition is its own
+unit at ``<out>/<run_id>/<partition path>/`` with its own ``_SUCCESS``. A later run with the
+same run id assigns only the partitions that have no ``_SUCCESS`` yet
+(:func:`committed_units`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import posixpath
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from jobs import storage
+from tell.errors import TellConfigError, TellDataError, TellStorageError
+
+logger = logging.getLogger("tell.commit")
+
+MANIFEST_FILE = "_SUCCESS"
+STAGING_DIR = "_staging"
+REJECTED_DIR = "_rejected"
+MANIFEST_FORMAT = "tell-assign-manifest"
+MANIFEST_VERSION = 1
+ASSIGNED, REJECTED = "assigned", "rejected"
+REASON_COLUMN = "reason"
+
+_IO_THREADS = 16
+_PARTITION_SEGMENT = re.compile(r"^[^=/_.][^=/]*=[^/]*$")
+
+
+class RowCountMismatch(TellDataError):
+    """Rows out (assigned + rejected, from the written footers) differ from rows in."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One written Parquet file: ``path`` relative to the unit, ``rows`` claimed by the writer."""
+
+    path: str
+    rows: int
+    kind: str = ASSIGNED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Part:
+        return cls(str(data["path"]), int(data["rows"]), str(data.get("kind", ASSIGNED)))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution's private write area: ``<unit>/_staging/<attempt_id>/``."""
+
+    unit: storage.Location
+    attempt_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{STAGING_DIR}/{self.attempt_id}"
+
+    def relpath(self, kind: str, name: str) -> str:
+        """Path, relative to the unit, of a part file of this attempt."""
+        if kind == REJECTED:
+            return f"{self.prefix}/{REJECTED_DIR}/{name}"
+        return f"{self.prefix}/{name}"
+
+
+def start_attempt(unit: storage.Location) -> Attempt:
+    """A fresh attempt under ``unit`` (nothing is written until a part is)."""
+    return Attempt(unit, f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class PartWriter:
+    """Stream Arrow tables of one schema into one Parquet file of an attempt.
+
+    Storage failures raise a one-line :class:`TellStorageError`; ``close`` returns the
+    :class:`Part` (or None when no row was written, in which case no file exists).
+    """
+
+    def __init__(self, attempt: Attempt, kind: str, name: str) -> None:
+        self.kind = kind
+        self.relpath = attempt.relpath(kind, name)
+        self.loc = attempt.unit.join(self.relpath)
+        self.rows = 0
+        self._stream: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        with storage.storage_errors(self.loc, "writing"):
+            if self._writer is None:
+                fs = self.loc.filesystem
+                if not self.loc.is_s3:
+                    fs.create_dir(posixpath.dirname(self.loc.path), recursive=True)
+                self._stream = fs.open_output_stream(self.loc.path)
+                self._writer = pq.ParquetWriter(self._stream, table.schema)
+            elif not table.schema.equals(self._writer.schema):
+                table = table.cast(self._writer.schema)
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> Part | None:
+        if self._writer is None:
+            return None
+        with storage.storage_errors(self.loc, "writing"):
+            self._writer.close()
+            self._stream.close()  # S3: completes the upload; only now the object exists
+        self._writer = self._stream = None
+        return Part(self.relpath, self.rows, self.kind)
+
+    def abort(self) -> None:
+        """Drop a half-written file, best effort and without network calls (the storage may
+        be what failed): an S3 upload that was never completed does not exist, a local file
+        is deleted, and either way it is never listed in a manifest; the next commit's
+        garbage collection deletes whatever is left."""
+        stream, self._writer, self._stream = self._stream, None, None
+        if stream is None or self.loc.is_s3:
+            return
+        with contextlib.suppress(OSError):
+            stream.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.loc.path)
+
+
+# ---------------------------------------------------------------------------- counting
+
+
+def footer_rows(unit: storage.Location, relpaths: Sequence[str]) -> list[int]:
+    """Row count of each file (``relpaths`` relative to ``unit``), read from its footer."""
+
+    def one(rel: str) -> int:
+        loc = unit.join(rel)
+        with storage.storage_errors(loc, "reading the footer of"):
+            try:
+                with loc.filesystem.open_input_file(loc.path) as f:
+                    return pq.ParquetFile(f).metadata.num_rows
+            except pa.ArrowInvalid as exc:
+                raise TellDataError(
+                    f"{loc.uri} is not a valid Parquet file ({exc}); the attempt is damaged: "
+                    "re-run the assignment."
+                ) from None
+
+    if not relpaths:
+        return []
+    with ThreadPoolExecutor(min(_IO_THREADS, len(relpaths))) as pool:
+        return list(pool.map(one, relpaths))
+
+
+# ----------------------------------------------------------------------------- commit
+
+
+def commit(
+    attempt: Attempt,
+    *,
+    input_rows: int,
+    parts: Iterable[Part],
+    metadata: dict[str, Any] | None = None,
+    rejected_reasons: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Verify the attempt's files against ``input_rows`` and write the ``_SUCCESS`` manifest.
+
+    Parameters
+    ----------
+    attempt : the attempt whose files are committed.
+    input_rows : rows read, from the input footers.
+    parts : the files the write tasks reported (their ``rows`` are checked against footers).
+    metadata : JSON-serialisable fields added to the manifest (model, input, run id, ...).
+    rejected_reasons : reason -> count of rejected rows (informational).
+
+    Returns
+    -------
+    dict, the manifest written.
+
+    Raises
+    ------
+    RowCountMismatch
+        If assigned + rejected rows (from the footers) differ from ``input_rows``.
+    TellDataError
+        If a part lies outside the attempt, is listed twice, or its footer disagrees with
+        what its writer reported.
+    TellStorageError
+        If storage fails; then no manifest was written (or the old one still stands).
+    """
+    parts = sorted(parts, key=lambda p: (p.kind, p.path))
+    seen: set[str] = set()
+    for part in parts:
+        if not part.path.startswith(attempt.prefix + "/") or part.path in seen:
+            raise TellDataError(
+                f"Part {part.path!r} is outside attempt {attempt.prefix!r} or listed twice; "
+                "refusing to commit."
+            )
+        seen.add(part.path)
+    counts = footer_rows(attempt.unit, [p.path for p in parts])
+    for part, rows in zip(parts, counts, strict=True):
+        if rows != part.rows:
+            raise TellDataError(
+                f"{attempt.unit.join(part.path).uri} holds {rows} rows but its writer reported "
+                f"{part.rows}; refusing to commit: re-run the assignment."
+            )
+    assigned = sum(r for p, r in zip(parts, counts, strict=True) if p.kind == ASSIGNED)
+    rejected = sum(r for p, r in zip(parts, counts, strict=True) if p.kind == REJECTED)
+    if assigned + rejected != input_rows:
+        raise RowCountMismatch(
+            f"Row counts do not reconcile for {attempt.unit.uri}: {input_rows} rows in, "
+            f"{assigned} assigned + {rejected} rejected = {assigned + rejected} out; nothing "
+            f"was committed (attempt {attempt.attempt_id} left in {STAGING_DIR}/). Re-run the "
+            "assignment; if it persists, the input changed while it was read."
+        )
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        **(metadata or {}),
+        "attempt": attempt.attempt_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tell_version": _tell_version(),
+        "rows": {"input": input_rows, "assigned": assigned, "rejected": rejected},
+        "rejected_reasons": dict(sorted((rejected_reasons or {}).items())),
+        "files": [
+            {"path": p.path, "rows": r}
+            for p, r in zip(parts, counts, strict=True)
+            if p.kind == ASSIGNED
+        ],
+        "rejected_files": [
+            {"path": p.path, "rows": r}
+            for p, r in zip(parts, counts, strict=True)
+            if p.kind == REJECTED
+        ],
+    }
+    data = json.dumps(manifest, indent=2, default=str).encode()
+    storage.write_bytes(attempt.unit.join(MANIFEST_FILE), data)  # THE commit point
+    collect_garbage(attempt.unit, manifest)
+    return manifest
+
+
+def collect_garbage(unit: storage.Location, manifest: dict[str, Any]) -> list[str]:
+    """Delete staged files the manifest does not list (other attempts, orphans). Best effort.
+
+    Returns the relative paths deleted (attempt prefixes count as one entry).
+    """
+    keep_attempt = str(manifest.get("attempt"))
+    listed = {f["path"] for f in manifest.get("files", []) + manifest.get("rejected_files", [])}
+    deleted: list[str] = []
+    try:
+        for rel in _staged_files(unit):
+            attempt_id = rel.split("/")[1]
+            if attempt_id != keep_attempt:
+                prefix = f"{STAGING_DIR}/{attempt_id}"
+                if prefix not in deleted:
+                    storage.delete_tree(unit.join(prefix))
+                    deleted.append(prefix)
+            elif rel not in listed:
+                storage.delete_tree(unit.join(rel))
+                deleted.append(rel)
+    except TellStorageError as exc:
+        logger.warning("could not delete stale staged files under %s: %s", unit.uri, exc)
+    if deleted:
+        logger.info("deleted %d stale staged item(s) under %s", len(deleted), unit.uri)
+    return deleted
+
+
+def discard(attempt: Attempt) -> None:
+    """Delete an attempt that will not be committed (best effort; GC catches the rest)."""
+    try:
+        storage.delete_tree(attempt.unit.join(attempt.prefix))
+    except TellStorageError as exc:
+        logger.warning("could not delete failed attempt %s: %s", attempt.prefix, exc)
+
+
+def _staged_files(unit: storage.Location) -> list[str]:
+    """Relative paths of every file under ``<unit>/_staging/`` (``_staging/<attempt>/...``)."""
+    staging = unit.join(STAGING_DIR)
+    if not storage.exists(staging):
+        return []
+    with storage.storage_errors(staging, "listing"):
+        infos = unit.filesystem.get_file_info(pafs.FileSelector(staging.path, recursive=True))
+    base = unit.path.rstrip("/") + "/"
+    return sorted(
+        info.path[len(base) :]
+        for info in infos
+        if info.type == pafs.FileType.File and info.path.startswith(base)
+    )
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_manifest(unit: storage.Location) -> dict[str, Any] | None:
+    """The unit's manifest, or None when it has no ``_SUCCESS`` (not committed)."""
+    marker = unit.join(MANIFEST_FILE)
+    if not storage.exists(marker):
+        return None
+    raw = storage.read_bytes(marker)
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TellDataError(f"{marker.uri} is not valid JSON ({exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise TellDataError(f"{marker.uri} is not a tell assignment manifest.")
+    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
+        raise TellDataError(
+            f"{marker.uri} has manifest version {manifest['format_version']}, newer than this "
+            f"tell-ray supports ({MANIFEST_VERSION}); upgrade tell-ray."
+        )
+    return manifest
+
+
+def read_committed(
+    uri: str | storage.Location,
+    *,
+    include_rejected: bool = False,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read exactly the files a unit's manifest lists.
+
+    Parameters
+    ----------
+    uri : the unit (``<out>/<run_id>``, or ``<out>/<run_id>/dt=...`` in incremental mode).
+    include_rejected : also return the rejected rows: then every row has a ``reason``
+        (null for assigned rows) and rejected rows have null ``cluster``/``distance``/...
+    columns : read only these columns (those missing from a file are null-filled).
+
+    Raises
+    ------
+    TellDataError
+        If the unit is not committed, or its files disagree with the manifest.
+    """
+    unit = uri if isinstance(uri, storage.Location) else storage.resolve(uri)
+    for attempt_no in range(2):
+        manifest = read_manifest(unit)
+        if manifest is None:
+            raise TellDataError(
+                f"{unit.uri} is not a committed assignment: it has no {MANIFEST_FILE} manifest "
+                "(the run has not finished, or failed). Re-run 'tell assign' with this run id."
+            )
+        listed = list(manifest["files"])
+        if include_rejected:
+            listed += manifest["rejected_files"]
+        try:
+            tables = [_read_part(unit, f["path"], columns) for f in listed]
+        except _Vanished:
+            if attempt_no == 0 and (read_manifest(unit) or {}).get("attempt") != manifest.get(
+                "attempt"
+            ):
+                continue  # replaced by a re-run while reading: read the new commit
+            raise TellDataError(
+                f"A file listed in {unit.join(MANIFEST_FILE).uri} is missing; the run is "
+                "damaged: re-run the assignment."
+            ) from None
+        break
+    expected = sum(int(f["rows"]) for f in listed)
+    if not tables:
+        return pa.table({name: pa.array([], pa.null()) for name in (columns or [])})
+    table = pa.concat_tables(tables, promote_options="default")
+    if table.num_rows != expected:
+        raise TellDataError(
+            f"The files of {unit.uri} hold {table.num_rows} rows but its manifest records "
+            f"{expected}; the run is damaged: re-run the assignment."
+        )
+    if include_rejected and REASON_COLUMN not in table.column_names:
+        table = table.append_column(REASON_COLUMN, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+class _Vanished(Exception):
+    """A listed file disappeared (the unit was replaced while being read)."""
+
+
+def _read_part(unit: storage.Location, rel: str, columns: Sequence[str] | None) -> pa.Table:
+    loc = unit.join(rel)
+    with storage.storage_errors(loc, "reading"):
+        try:
+            with loc.filesystem.open_input_file(loc.path) as f:
+                pf = pq.ParquetFile(f)
+                present = pf.schema_arrow.names
+                wanted = None if columns is None else [c for c in columns if c in present]
+                table = pf.read(columns=wanted)
+        except FileNotFoundError:
+            raise _Vanished(loc.uri) from None
+        except pa.ArrowInvalid as exc:
+            raise TellDataError(f"{loc.uri} is not a valid Parquet file ({exc}).") from None
+    if columns is not None:
+        for name in columns:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows))
+        table = table.select(list(columns))
+    return table
+
+
+# ------------------------------------------------------------------------- partitions
+
+
+def group_by_partition(root: storage.Location, files: Sequence[str]) -> dict[str, list[str]]:
+    """Group input files (paths on ``root.filesystem``) by their directory below ``root``.
+
+    Returns ``{relative dir: [files]}``; ``""`` holds the files directly under ``root``.
+    """
+    base = root.path.rstrip("/") + "/"
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        rel = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
+        groups.setdefault(posixpath.dirname(rel), []).append(path)
+    return dict(sorted(groups.items()))
+
+
+def check_partitions(data_uri: str, groups: dict[str, list[str]]) -> None:
+    """Incremental mode needs every file inside hive partition directories (``key=value``)."""
+    for unit in groups:
+        segments = unit.split("/") if unit else []
+        if not segments or not all(_PARTITION_SEGMENT.match(s) for s in segments):
+            where = f"{data_uri}/{unit}" if unit else data_uri
+            example = groups[unit][0]
+            raise TellConfigError(
+                f"Incremental mode needs hive-partitioned input (directories like "
+                f"dt=2026-11-28/ under {data_uri}); found {example} in {where}. Move the files "
+                "into key=value directories, or run without --incremental."
+            )
+
+
+def committed_units(run: storage.Location, units: Sequence[str]) -> dict[str, dict | None]:
+    """``{unit: manifest or None}`` for each partition unit below ``run`` (in parallel)."""
+    if not units:
+        return {}
+    with ThreadPoolExecutor(min(_IO_THREADS, len(units))) as pool:
+        manifests = pool.map(lambda u: read_manifest(run.join(u)), units)
+        return dict(zip(units, manifests, strict=True))
+
+
+def count_reasons(reasons: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for item in reasons:
+        total.update(item)
+    return dict(total)
+
+
+def _tell_version() -> str:
+    try:
+        return importlib.metadata.version("tell-ray")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
