@@ -1,0 +1,226 @@
+"""The exactly-once commit protocol of ``tell assign`` on local directories (issue #4).
+
+No Ray here: write tasks are simulated with :class:`jobs.commit.PartWriter`.
+"""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import commit, storage
+from tell.errors import TellConfigError, TellDataError, TellStorageError
+
+
+def _rows(ids, cluster=0):
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    return pa.table(
+        {
+            "id": ids,
+            "cluster": np.full(n, cluster, np.int32),
+            "distance": np.full(n, 0.5, np.float32),
+            "runner_up": np.full(n, 1, np.int32),
+            "margin": np.full(n, 0.25, np.float32),
+        }
+    )
+
+
+def _rejected(ids, reason="non-finite value"):
+    return pa.table({"id": np.asarray(ids, np.int64), "reason": [reason] * len(ids)})
+
+
+def _stage(attempt, name, assigned=(), rejected=()):
+    """One simulated write task; returns the parts it reports."""
+    parts = []
+    for kind, tables in ((commit.ASSIGNED, assigned), (commit.REJECTED, rejected)):
+        writer = commit.PartWriter(attempt, kind, name)
+        for table in tables:
+            writer.write(table)
+        part = writer.close()
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
+@pytest.fixture
+def unit(tmp_path):
+    return storage.resolve(str(tmp_path / "out" / "run-1"))
+
+
+def _commit_ids(unit, ids, *, batches=2, reject=()):
+    attempt = commit.start_attempt(unit)
+    chunks = np.array_split(np.asarray(ids), batches)
+    parts = []
+    for i, chunk in enumerate(chunks):
+        parts += _stage(attempt, f"part-{i}.parquet", assigned=[_rows(chunk)])
+    if len(reject):
+        parts += _stage(attempt, "part-r.parquet", rejected=[_rejected(reject)])
+    manifest = commit.commit(
+        attempt,
+        input_rows=len(ids) + len(reject),
+        parts=parts,
+        metadata={"run_id": unit.name},
+        rejected_reasons={"non-finite value": len(reject)},
+    )
+    return attempt, manifest
+
+
+def test_counts_reconcile_and_manifest_lists_exactly_the_files(unit):
+    attempt, manifest = _commit_ids(unit, range(100), reject=[1000, 1001, 1002])
+    on_disk = json.loads(storage.read_bytes(unit.join("_SUCCESS")))
+    assert on_disk == manifest
+    assert manifest["rows"] == {"input": 103, "assigned": 100, "rejected": 3}
+    assert manifest["attempt"] == attempt.attempt_id and manifest["run_id"] == "run-1"
+    assert manifest["rejected_reasons"] == {"non-finite value": 3}
+    assert sum(f["rows"] for f in manifest["files"]) == 100
+    assert all(f["path"].startswith(f"_staging/{attempt.attempt_id}/") for f in manifest["files"])
+    assert manifest["tell_version"] and manifest["created"].endswith("+00:00")
+
+    assigned = commit.read_committed(unit.uri)
+    assert sorted(assigned["id"].to_pylist()) == list(range(100))
+    assert "reason" not in assigned.column_names
+    everything = commit.read_committed(unit, include_rejected=True)
+    assert everything.num_rows == 103
+    bad = everything.filter(everything["reason"].is_valid())
+    assert sorted(bad["id"].to_pylist()) == [1000, 1001, 1002]
+    assert bad["cluster"].null_count == 3
+    only = commit.read_committed(unit, columns=["id", "cluster"])
+    assert only.column_names == ["id", "cluster"]
+
+
+def test_mismatch_refuses_to_commit(unit):
+    attempt = commit.start_attempt(unit)
+    parts = _stage(attempt, "p.parquet", assigned=[_rows(range(10))])
+    with pytest.raises(commit.RowCountMismatch, match=r"11 rows in, 10 assigned \+ 0 rejected"):
+        commit.commit(attempt, input_rows=11, parts=parts)
+    assert commit.read_manifest(unit) is None
+    with pytest.raises(TellDataError, match="not a committed assignment"):
+        commit.read_committed(unit)
+
+
+def test_footer_counts_beat_the_writers_word(unit):
+    attempt = commit.start_attempt(unit)
+    (part,) = _stage(attempt, "p.parquet", assigned=[_rows(range(10))])
+    lying = commit.Part(part.path, 11, part.kind)
+    with pytest.raises(TellDataError, match="holds 10 rows but its writer reported 11"):
+        commit.commit(attempt, input_rows=11, parts=[lying])
+    assert commit.read_manifest(unit) is None
+
+
+@pytest.mark.parametrize("bad", ["other/p.parquet", "_staging/someone-else/p.parquet"])
+def test_parts_outside_the_attempt_are_refused(unit, bad):
+    attempt = commit.start_attempt(unit)
+    with pytest.raises(TellDataError, match="outside attempt"):
+        commit.commit(attempt, input_rows=1, parts=[commit.Part(bad, 1)])
+
+
+def test_same_part_twice_is_refused(unit):
+    attempt = commit.start_attempt(unit)
+    (part,) = _stage(attempt, "p.parquet", assigned=[_rows(range(5))])
+    with pytest.raises(TellDataError, match="listed twice"):
+        commit.commit(attempt, input_rows=10, parts=[part, part])
+
+
+def test_rerun_replaces_never_adds(unit):
+    _commit_ids(unit, range(50))
+    second, manifest = _commit_ids(unit, range(50, 80), batches=3)
+    table = commit.read_committed(unit)
+    assert sorted(table["id"].to_pylist()) == list(range(50, 80))
+    assert manifest["attempt"] == second.attempt_id
+    staged = commit._staged_files(unit)
+    assert staged and all(second.attempt_id in rel for rel in staged)  # old attempt deleted
+
+
+def test_crashed_attempt_leftovers_are_ignored_then_collected(unit):
+    good, _ = _commit_ids(unit, range(20))
+    crashed = commit.start_attempt(unit)
+    _stage(crashed, "p.parquet", assigned=[_rows(range(1000, 1100))])  # never committed
+    # a half-written file of the crashed attempt
+    with open(f"{unit.path}/{crashed.prefix}/torn.parquet", "wb") as f:
+        f.write(b"PAR1 not really")
+    assert sorted(commit.read_committed(unit)["id"].to_pylist()) == list(range(20))
+    assert commit.read_manifest(unit)["attempt"] == good.attempt_id
+    _, manifest = _commit_ids(unit, range(20))  # the next commit collects the leftovers
+    assert not any(crashed.attempt_id in rel for rel in commit._staged_files(unit))
+    assert commit.read_committed(unit).num_rows == 20 == manifest["rows"]["assigned"]
+
+
+def test_failed_rerun_keeps_the_previous_commit(unit):
+    good, _ = _commit_ids(unit, range(30))
+    retry = commit.start_attempt(unit)
+    parts = _stage(retry, "p.parquet", assigned=[_rows(range(29))])
+    with pytest.raises(commit.RowCountMismatch):
+        commit.commit(retry, input_rows=30, parts=parts)
+    assert commit.read_manifest(unit)["attempt"] == good.attempt_id
+    assert sorted(commit.read_committed(unit)["id"].to_pylist()) == list(range(30))
+
+
+def test_orphan_files_of_retried_tasks_are_not_committed(unit):
+    attempt = commit.start_attempt(unit)
+    parts = _stage(attempt, "p0.parquet", assigned=[_rows(range(10))])
+    _stage(attempt, "p0-failed-try.parquet", assigned=[_rows(range(10))])  # not reported
+    manifest = commit.commit(attempt, input_rows=10, parts=parts)
+    assert [f["path"] for f in manifest["files"]] == [parts[0].path]
+    assert commit.read_committed(unit).num_rows == 10
+    assert commit._staged_files(unit) == [parts[0].path]  # the orphan was deleted
+
+
+def test_damaged_commit_is_reported(unit):
+    _, manifest = _commit_ids(unit, range(10))
+    storage.delete_tree(unit.join(manifest["files"][0]["path"]))
+    with pytest.raises(TellDataError, match="missing; the run is damaged"):
+        commit.read_committed(unit)
+
+
+def test_manifest_from_elsewhere_is_refused(unit):
+    storage.write_bytes(unit.join("_SUCCESS"), b"")
+    with pytest.raises(TellDataError, match="not valid JSON"):
+        commit.read_committed(unit)
+    storage.write_bytes(unit.join("_SUCCESS"), b'{"format": "spark"}')
+    with pytest.raises(TellDataError, match="not a tell assignment manifest"):
+        commit.read_committed(unit)
+
+
+def test_write_failure_is_one_storage_error(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    unit = storage.resolve(str(tmp_path / "blocker" / "run"))
+    attempt = commit.start_attempt(unit)
+    writer = commit.PartWriter(attempt, commit.ASSIGNED, "p.parquet")
+    with pytest.raises(TellStorageError) as info:
+        writer.write(_rows(range(3)))
+    assert "\n" not in str(info.value) and "blocker" in str(info.value)
+    writer.abort()
+
+
+def test_empty_writer_writes_nothing(unit):
+    attempt = commit.start_attempt(unit)
+    writer = commit.PartWriter(attempt, commit.REJECTED, "p.parquet")
+    writer.write(_rejected([]))
+    assert writer.close() is None
+    assert not storage.exists(unit)
+
+
+def test_partitions_group_check_and_committed_units(tmp_path):
+    root = storage.resolve(str(tmp_path / "data"))
+    files = [
+        f"{root.path}/dt=2026-11-28/a.parquet",
+        f"{root.path}/dt=2026-11-28/b.parquet",
+        f"{root.path}/dt=2026-11-29/hour=03/a.parquet",
+    ]
+    groups = commit.group_by_partition(root, files)
+    assert list(groups) == ["dt=2026-11-28", "dt=2026-11-29/hour=03"]
+    commit.check_partitions(root.uri, groups)
+    flat = commit.group_by_partition(root, [f"{root.path}/x.parquet"])
+    assert flat == {"": [f"{root.path}/x.parquet"]}
+    with pytest.raises(TellConfigError, match="hive-partitioned"):
+        commit.check_partitions(root.uri, flat)
+    with pytest.raises(TellConfigError, match="hive-partitioned"):
+        commit.check_partitions(root.uri, {"plain-dir": ["f"]})
+
+    run = storage.resolve(str(tmp_path / "out" / "nightly"))
+    _commit_ids(run.join("dt=2026-11-28"), range(5))
+    done = commit.committed_units(run, list(groups))
+    assert done["dt=2026-11-28"]["rows"]["assigned"] == 5
+    assert done["dt=2026-11-29/hour=03"] is None
