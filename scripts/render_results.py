@@ -37,8 +37,12 @@ def _quality(data: dict) -> list[str]:
     for ref, value in (data.get("references") or {}).items():
         lines.append(f"| {ref} (reference) | {value} | | | |")
     goal = data.get("goal")
-    if isinstance(goal, dict) and "goal" in goal:
-        lines += ["", f"Goal: {goal['goal']} — **{'met' if goal.get('met') else 'not met'}**."]
+    if isinstance(goal, dict) and "goal" in goal and not str(goal["goal"]).startswith("none"):
+        met = goal.get("met")
+        verdict = {True: "met", False: "not met"}.get(met) if isinstance(met, bool) else None
+        if verdict is None:  # per-encoder verdicts
+            verdict = json.dumps(goal.get("met_by_mean", "not stated"))
+        lines += ["", f"Goal: {goal['goal']} — **{verdict}**."]
     return lines
 
 
