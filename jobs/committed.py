@@ -83,10 +83,25 @@ def _entry_name(entry: Any) -> str | None:
 
 
 def _part_path(run: storage.Location, name: str) -> str:
-    """A manifest entry (relative name, run-rooted path or URI) as a path on run.filesystem."""
+    """A manifest entry (relative name, run-rooted path or URI) as a path on run.filesystem.
+
+    Entries outside the run (another bucket, endpoint or directory, or ``..``) are refused:
+    a manifest must never make a reader open files it was not asked to read.
+    """
+    root = run.path.rstrip("/") + "/"
     if "://" in name:
-        return storage.resolve(name).path
-    return name if name.startswith(run.path + "/") else run.join(name).path
+        loc = storage.resolve(name)
+        same_store = loc.is_s3 == run.is_s3 and loc.endpoint_url == run.endpoint_url
+        path = loc.path
+    else:
+        same_store = True
+        path = name if name.startswith(root) else run.join(name).path
+    if not same_store or not path.startswith(root) or ".." in path[len(root) :].split("/"):
+        raise TellDataError(
+            f"The {MANIFEST} manifest of {run.uri} lists {name!r}, which is outside the run; "
+            "refusing to read it."
+        )
+    return path
 
 
 def reconcile_rows(manifest: dict[str, Any], rows: int, uri: str) -> None:

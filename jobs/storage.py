@@ -636,7 +636,11 @@ def _check_local(loc: Location, *, write: bool) -> None:
 
 
 def _check_s3(loc: Location, *, write: bool) -> None:
-    fs = _new_s3fs(loc.endpoint_url, max_retries=1, read_timeout_s=_PREFLIGHT_READ_TIMEOUT_S)
+    # Throttling and 5xx are retried like every other request; a refused connection still
+    # fails within seconds and a silent endpoint within about 20 s.
+    fs = _new_s3fs(
+        loc.endpoint_url, max_retries=_MAX_RETRIES, read_timeout_s=_PREFLIGHT_READ_TIMEOUT_S
+    )
     fs.retries = 1  # s3fs' own retry loop on top of botocore's: one try here
     bucket, key = loc.bucket, loc.key
     try:

@@ -372,13 +372,6 @@ def test_parquet_footers_read_through_throttling(proxy, s3_bucket):
     assert statuses.count(503) == 6 and statuses[-1] in (200, 206), proxy.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/storage.py _check_s3: the preflight allows 2 tries (max_retries=1), so 2 "
-    "SlowDown/5xx answers to a job's first request fail the whole job; fix: build the "
-    "preflight client with max_retries=_MAX_RETRIES (4 tries; an unreachable endpoint "
-    "still fails within ~20 s) so throttling is retried like every other request",
-)
 def test_preflight_rides_out_throttling(proxy, s3_bucket):
     from jobs.data import inspect_input
 

@@ -277,13 +277,6 @@ def test_assignment_reader_stays_inside_the_run(tmp_path, entry):
         commit.read_committed(str(run))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/committed.py _part_path resolves any URI a manifest lists "
-    "(file:///..., s3://other-bucket/...), so 'tell evaluate' reads outside the run it was "
-    "given; fix: after storage.resolve(name), refuse entries whose path is not below "
-    "run.path (or on another filesystem/endpoint), like commit.read_committed does",
-)
 def test_evaluate_refuses_manifest_entries_outside_the_run(tmp_path, capsys):
     run = _committed_run_with_manifest_entry(
         tmp_path, f"file://{tmp_path}/elsewhere/part-0.parquet"
