@@ -1,0 +1,244 @@
+"""The batch assignment job end to end on a local Ray and a real S3 server (issue #4).
+
+Every run must turn N input rows into exactly N output rows (assigned + rejected), with the
+input's ids, once, and agree with the in-memory estimator; a storage failure must leave no
+``_SUCCESS`` and a clean re-run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import assign, commit, storage
+from jobs.config import AssignJob
+from jobs.model_store import save_model
+from tell import TELL
+from tell.datasets import make_spherical_blobs
+from tell.errors import TellError
+from tell.io import embeddings_to_table
+
+pytestmark = pytest.mark.integration
+
+N_ROWS, DIM, K, N_FILES = 20_000, 16, 8, 4
+NAN_ROWS = np.array([3, 4_999, 5_000, 12_345, 19_999])
+ID_OFFSET = 1_000_000  # ids differ from row numbers, so a mix-up cannot pass
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """(estimator, X with some NaN rows, ids): a small TELL model and its data."""
+    data = make_spherical_blobs(N_ROWS, DIM, K, seed=7)
+    est = TELL(K, max_iter=3, batch_size=512, random_state=0).fit(data.X[:4_000])
+    X = data.X.copy()
+    X[NAN_ROWS, 1] = np.nan
+    return est, X, np.arange(N_ROWS, dtype=np.int64) + ID_OFFSET
+
+
+def _write_input(root: storage.Location, X: np.ndarray, ids: np.ndarray, n_files=N_FILES):
+    table = embeddings_to_table(X, ids=ids)
+    bounds = np.linspace(0, len(ids), n_files + 1).astype(int)
+    for i in range(n_files):
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        loc = root.join(f"part-{i:05d}.parquet")
+        if not root.is_s3:
+            os.makedirs(root.path, exist_ok=True)
+        pq.write_table(part, loc.path, filesystem=loc.filesystem)
+
+
+def _save(est, uri):
+    save_model(uri, est.model_, {"run_name": "assign-test", "epoch": est.n_iter_ - 1})
+    return uri
+
+
+def _job(model, data, out, run_id, **kw):
+    kw.setdefault("min_rows_per_file", 6_000)
+    kw.setdefault("batch_size", 4_096)
+    return AssignJob(model=model, data=data, out=out, run_id=run_id, **kw)
+
+
+def _check_exactly_once(unit_uri, ids):
+    """N rows out, ids unique and equal to the input's; NaN rows rejected with a reason."""
+    table = commit.read_committed(unit_uri, include_rejected=True)
+    assert table.num_rows == len(ids)
+    out_ids = np.sort(table["id"].to_numpy())
+    np.testing.assert_array_equal(out_ids, np.sort(ids))  # unique + equal
+    rejected = table.filter(table["reason"].is_valid())
+    assert sorted(rejected["id"].to_pylist()) == sorted((NAN_ROWS + ID_OFFSET).tolist())
+    assert set(rejected["reason"].to_pylist()) == {"non-finite value"}
+    assert rejected["cluster"].null_count == len(NAN_ROWS)
+    manifest = commit.read_manifest(storage.resolve(unit_uri))
+    assert manifest["rows"] == {
+        "input": len(ids),
+        "assigned": len(ids) - len(NAN_ROWS),
+        "rejected": len(NAN_ROWS),
+    }
+    return table, manifest
+
+
+def _stopping_at(s3_server, when):
+    def hook(event):
+        if event == when:
+            s3_server.stop()
+
+    return hook
+
+
+def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
+    ray_cluster_s3, s3_bucket, s3_server, fitted
+):
+    est, X, ids = fitted
+    root = storage.resolve(s3_bucket)
+    _write_input(root.join("in"), X, ids)
+    model = _save(est, f"{s3_bucket}/model")
+    job = _job(model, f"{s3_bucket}/in", f"{s3_bucket}/out", "daily")
+    unit = storage.resolve(f"{s3_bucket}/out/daily")
+
+    # 1. The S3 server stops while the parts are being written: a clear one-line error,
+    #    no _SUCCESS, nothing readable.
+    try:
+        with pytest.raises(TellError) as info:
+            assign.main(job, on_event=_stopping_at(s3_server, "write_start"))
+    finally:
+        s3_server.start()
+    message = str(info.value)
+    assert "\n" not in message and "Nothing was committed" in message, message
+    assert "S3" in message or "storage" in message.lower(), message
+    storage.clear_cache()
+    assert not storage.exists(unit.join(commit.MANIFEST_FILE))
+    with pytest.raises(TellError, match="not a committed assignment"):
+        commit.read_committed(unit)
+
+    # 2. After the restart, the same run id: exactly N rows, the input's ids, once.
+    summary = assign.main(job)
+    assert summary["rows"] == N_ROWS and summary["rejected"] == len(NAN_ROWS)
+    table, first = _check_exactly_once(unit.uri, ids)
+    assert first["model"]["id"] == summary["model"] and first["run_id"] == "daily"
+    assert len(first["input"]["files"]) == N_FILES and first["n_clusters"] == K
+
+    #    Parity with the in-memory estimator on every row not closer to a tie than rounding.
+    assigned = table.filter(table["reason"].is_null()).sort_by("id")
+    valid = np.ones(N_ROWS, bool)
+    valid[NAN_ROWS] = False
+    expected = est.explain(X[valid])
+    got = assigned["cluster"].to_numpy()
+    clear = assigned["margin"].to_numpy() > 1e-5
+    ties = int((~clear).sum())
+    assert np.array_equal(got[clear], expected["cluster"][clear]), "assignment differs"
+    assert int((got != expected["cluster"]).sum()) <= ties
+    np.testing.assert_allclose(assigned["distance"].to_numpy(), expected["distance"], atol=1e-5)
+    np.testing.assert_array_equal(assigned["runner_up"].to_numpy()[clear],
+                                  expected["runner_up"][clear])  # fmt: skip
+    assert assigned.schema.field("cluster").type == pa.int32()
+    assert assigned.schema.field("margin").type == pa.float32()
+    print(f"rows within 1e-5 of a tie: {ties} of {len(got)}")
+
+    # 3. A re-run that fails between staging and commit leaves the previous commit intact.
+    try:
+        with pytest.raises(TellError) as info:
+            assign.main(job, on_event=_stopping_at(s3_server, "staged"))
+    finally:
+        s3_server.start()
+    assert "\n" not in str(info.value) and "Nothing was committed" in str(info.value)
+    storage.clear_cache()
+    assert commit.read_manifest(unit)["attempt"] == first["attempt"]
+
+    # 4. Re-running the same run id replaces the output: still exactly N rows.
+    assert assign.main(job)["rows"] == N_ROWS
+    _, second = _check_exactly_once(unit.uri, ids)
+    assert second["attempt"] != first["attempt"]
+    leftovers = commit._staged_files(unit)  # failed and replaced attempts were collected
+    assert leftovers and all(second["attempt"] in rel for rel in leftovers)
+
+
+def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path, fitted):
+    est, X, ids = fitted
+    data, out = tmp_path / "data", tmp_path / "out"
+    out.mkdir()
+    model = _save(est, str(tmp_path / "model"))
+    half = N_ROWS // 2
+    day1 = storage.resolve(str(data / "dt=2026-11-27"))
+    _write_input(day1, X[:half], ids[:half], n_files=2)
+    job = _job(model, str(data), str(out), "nightly", incremental=True)
+
+    first = assign.main(job)
+    assert first["partitions_assigned"] == ["dt=2026-11-27"] and first["rows"] == half
+    m1 = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+
+    _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
+    second = assign.main(job)
+    assert second["partitions_assigned"] == ["dt=2026-11-28"]
+    assert second["partitions_skipped"] == ["dt=2026-11-27"]
+    assert second["rows"] == N_ROWS - half
+    again = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+    assert again["attempt"] == m1["attempt"]  # untouched
+    tables = [
+        commit.read_committed(str(out / "nightly" / day), include_rejected=True)
+        for day in ("dt=2026-11-27", "dt=2026-11-28")
+    ]
+    all_ids = np.sort(np.concatenate([t["id"].to_numpy() for t in tables]))
+    np.testing.assert_array_equal(all_ids, ids)
+    assert sum(t.num_rows - t["reason"].null_count for t in tables) == len(NAN_ROWS)
+
+    third = assign.main(job)  # nothing new: no Ray work, nothing rewritten
+    assert third["partitions_assigned"] == [] and third["rows"] == 0
+
+
+def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fitted):
+    est, X, ids = fitted
+    data, out = tmp_path / "data", tmp_path / "out"
+    out.mkdir()
+    half = N_ROWS // 2  # hive-partitioned input read as a whole (not incremental)
+    _write_input(storage.resolve(str(data / "dt=2026-11-27")), X[:half], ids[:half], n_files=2)
+    _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
+    model = _save(est, str(tmp_path / "model"))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster_s3.address_info["gcs_address"]}
+    base = [sys.executable, "-m", "jobs.cli", "assign", "--model", model, "--data", str(data)]
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [*base, "--out", str(out), "--run-id", "cli", "--min-rows-per-file", "5000"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["rows"] == N_ROWS and summary["rejected"] == len(NAN_ROWS)
+    assert summary["run"] == str(out / "cli")
+    _check_exactly_once(str(out / "cli"), ids)
+
+    bad = subprocess.run(
+        [*base, "--out", str(out), "--column", "nope"],
+        capture_output=True, text=True, env=env, cwd=root, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert lines[-1].startswith("tell assign: error: Column 'nope' not found"), bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(("n", "d", "k", "chunk"), [(1000, 16, 2, None), (70_000, 64, 300, 997)])
+def test_kernel_matches_brute_force(n, d, k, chunk):
+    """The chunked max/mask/max kernel equals sorting all distances (up to float ties)."""
+    import torch
+
+    from tell.assign import assign
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
+    got = assign(z, c, chunk_rows=chunk)
+    ranked = (2 - 2 * z @ c.T).clamp_min(0).sort(dim=1)
+    clear = got.margin > 1e-5
+    assert torch.equal(got.labels[clear], ranked.indices[clear, 0])
+    if k > 2:
+        clear &= ranked.values[:, 2] - ranked.values[:, 1] > 1e-5
+    assert torch.equal(got.runner_up[clear], ranked.indices[clear, 1])
+    torch.testing.assert_close(got.distance, ranked.values[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.margin, ranked.values[:, 1] - ranked.values[:, 0],
+                               atol=1e-5, rtol=0)  # fmt: skip
+    assert got.labels.dtype == torch.int64 and got.distance.dtype == torch.float32
