@@ -66,7 +66,7 @@ SUPPORTED_SCHEMES = "local paths, file:// and s3://"
 _MAX_RETRIES = 3
 _CONNECT_TIMEOUT_S = 3
 _READ_TIMEOUT_S = 30
-# The preflight in check_access is one try with a short read timeout.
+# The preflight in check_access has a shorter read timeout (same bounded retries).
 _PREFLIGHT_READ_TIMEOUT_S = 10
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):/")
