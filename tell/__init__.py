@@ -3,28 +3,48 @@
 A plain torch + numpy library; it never imports Ray (the Ray jobs live in ``jobs``).
 """
 
-from tell.assign import Assignment, assign
-from tell.config import TrainConfig
-from tell.encoders import EncoderSpec
-from tell.errors import (
-    NotFittedError,
-    TellCheckpointError,
-    TellConfigError,
-    TellDataError,
-    TellError,
-    TellStorageError,
-)
-from tell.estimator import TELL
-from tell.init import kmeans_plusplus, random_centers
-from tell.layer import ClusterLayer
-from tell.metrics import (
-    cluster_accuracy,
-    cluster_sizes,
-    clustering_scores,
-    inertia,
-    partition_inertia,
-)
-from tell.model import TELLNet, TELLOutput
+import importlib
+from typing import Any
+
+# Public name -> defining module. Imported on first use (PEP 562) so that light users (the
+# CLI's argument parsing, the error classes) do not pay for torch and scikit-learn imports.
+_EXPORTS = {
+    "TELL": "tell.estimator",
+    "Assignment": "tell.assign",
+    "ClusterLayer": "tell.layer",
+    "EncoderSpec": "tell.encoders",
+    "NotFittedError": "tell.errors",
+    "TELLNet": "tell.model",
+    "TELLOutput": "tell.model",
+    "TellCheckpointError": "tell.errors",
+    "TellConfigError": "tell.errors",
+    "TellDataError": "tell.errors",
+    "TellError": "tell.errors",
+    "TellStorageError": "tell.errors",
+    "TrainConfig": "tell.config",
+    "assign": "tell.assign",
+    "cluster_accuracy": "tell.metrics",
+    "cluster_sizes": "tell.metrics",
+    "clustering_scores": "tell.metrics",
+    "inertia": "tell.metrics",
+    "kmeans_plusplus": "tell.init",
+    "partition_inertia": "tell.metrics",
+    "random_centers": "tell.init",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tell' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "TELL",

@@ -125,7 +125,7 @@ def train_step(
     if optimizer is not None:
         optimizer.step()
     with torch.no_grad():
-        top2 = layer.distances(out.scores.topk(2, dim=1).values)  # (B, 2)
+        top2 = layer.distances(out.top2_scores)  # (B, 2)
     return StepStats(
         rec.detach(), clu.detach(), out.labels, out.z.detach(), top2[:, 0], top2[:, 1] - top2[:, 0]
     )

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tell.assign import top2
 from tell.encoders import EncoderSpec, build_autoencoder
 from tell.layer import DEFAULT_ALPHA, ClusterLayer
 
@@ -23,6 +24,7 @@ class TELLOutput(NamedTuple):
     z : Tensor (B, d_z), float32, unit L2 norm per row (the feature space of the centers).
     scores : Tensor (B, k), ``W z`` without gradient; argmax = nearest center.
     labels : Tensor (B,), int64, hard assignment (argmax of scores).
+    top2_scores : Tensor (B, 2), scores of the nearest and the second-nearest center.
     picked : Tensor (B,), ``W_c(i) . z_i``, the score of each row's own center, WITH gradient
         (to W, and to z unless features are detached): all that L_clu needs.
     x_hat : Tensor (B, D) reconstruction g(z), or None for the identity encoder.
@@ -31,6 +33,7 @@ class TELLOutput(NamedTuple):
     z: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
+    top2_scores: torch.Tensor
     picked: torch.Tensor
     x_hat: torch.Tensor | None
 
@@ -72,9 +75,9 @@ class TELLNet(nn.Module):
         z_clu = z.detach() if detach_features else z
         with torch.no_grad():
             scores = self.cluster(z_clu)  # (B, k)
-            labels = scores.argmax(dim=1)
+            labels, _, best, second = top2(scores)
         # Only the assigned center's score enters L_clu (the hard one-hot of the reference
         # code), so its gradient is a sparse row update instead of a second (B, k) GEMM.
         picked = (self.cluster.weight[labels] * z_clu).sum(dim=1)  # (B,)
         x_hat = self.decoder(z) if self.decoder is not None else None
-        return TELLOutput(z, scores, labels, picked, x_hat)
+        return TELLOutput(z, scores, labels, torch.stack((best, second), 1), picked, x_hat)
