@@ -5,8 +5,9 @@ output location, inspect every input footer (id columns present, feature width e
 model's input width). Then, per unit (the whole input, or each not-yet-committed hive
 partition in incremental mode): Ray Data streams the input through :class:`Assigner` actors
 (``map_batches`` with an actor pool; never Ray Train's split, which can drop rows) into
-:class:`AssignmentSink` write tasks that stage Parquet parts; :func:`jobs.commit.commit`
-then reconciles rows in == assigned + rejected from the footers and writes ``_SUCCESS``.
+:class:`jobs.assign_sink.AssignmentSink` write tasks that stage Parquet parts;
+:func:`jobs.commit.commit` then reconciles rows in == assigned + rejected from the footers
+and writes ``_SUCCESS``.
 See :mod:`jobs.commit` for the layout and why it is exactly-once.
 
 Output schema (assigned parts): the id columns as read, ``cluster`` int32, ``distance``
@@ -17,20 +18,17 @@ values, wrong length) go to ``_rejected`` parts: the id columns and a ``reason``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
-from ray.data import Datasink
 
 from jobs import commit, ray_runtime, storage
 from jobs.config import AssignJob
@@ -45,6 +43,8 @@ logger = logging.getLogger("tell.assign")
 RESULT_COLUMNS = ("cluster", "distance", "runner_up", "margin")
 REASON = commit.REASON_COLUMN
 _ENCODE_CHUNK_ROWS = 16384  # bounds the encoder's activations per forward
+_MIN_OBJECT_STORE_BYTES = 512 << 20  # object-store budget of one execution, at least
+_BATCHES_IN_FLIGHT = 6  # per actor, within that budget
 _WRITE_TASK_CPUS = 0  # writes mostly wait on storage; a CPU reservation would let Ray Data
 # hold them back behind the actor pool on small clusters (ResourceBudget backpressure)
 
@@ -113,72 +113,6 @@ class Assigner:
                 arrays.append(pa.array(full, mask=~valid))
             arrays.append(pa.array(screen.reasons, type=pa.string()))
         return pa.table(arrays, names=[*self.id_columns, *RESULT_COLUMNS, REASON])
-
-
-class AssignmentSink(Datasink):
-    """Ray Data sink: each write task streams its rows into one assigned part and (when
-    it saw rejected rows) one rejected part of the attempt, and returns what it wrote.
-
-    Only the returned parts are committed: files of failed or retried tasks are ignored.
-    """
-
-    def __init__(
-        self,
-        attempt: commit.Attempt,
-        id_columns: tuple[str, ...],
-        min_rows_per_file: int,
-        on_event: Hook | None = None,
-    ) -> None:
-        self.attempt = attempt
-        self.id_columns = tuple(id_columns)
-        self.min_rows = int(min_rows_per_file)
-        self.on_event = on_event
-        self.parts: list[commit.Part] = []
-        self.reasons: dict[str, int] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "on_event": None}  # the hook stays on the driver
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.min_rows
-
-    def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        if self.on_event is not None:
-            self.on_event("write_start")
-
-    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
-        from ray.data.block import BlockAccessor
-
-        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:10]}.parquet"
-        writers = {
-            kind: commit.PartWriter(self.attempt, kind, name)
-            for kind in (commit.ASSIGNED, commit.REJECTED)
-        }
-        reasons: Counter[str] = Counter()
-        try:
-            for block in blocks:
-                table = BlockAccessor.for_block(block).to_arrow()
-                reason = table.column(REASON)
-                if reason.null_count == table.num_rows:
-                    writers[commit.ASSIGNED].write(table.drop_columns([REASON]))
-                    continue
-                ok = pc.is_null(reason)
-                writers[commit.ASSIGNED].write(table.filter(ok).drop_columns([REASON]))
-                bad = table.filter(pc.invert(ok)).select([*self.id_columns, REASON])
-                writers[commit.REJECTED].write(bad)
-                reasons.update(bad.column(REASON).to_pylist())
-            parts = [w.close() for w in writers.values()]
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-        return {"parts": [p.to_dict() for p in parts if p], "reasons": dict(reasons)}
-
-    def on_write_complete(self, write_result: Any) -> None:
-        returns = [r for r in write_result.write_returns if r]
-        self.parts = [commit.Part.from_dict(p) for r in returns for p in r["parts"]]
-        self.reasons = commit.count_reasons(r["reasons"] for r in returns)
 
 
 # ------------------------------------------------------------------------------ driver
@@ -332,6 +266,26 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     return summary
 
 
+def _object_store_budget(job: AssignJob, info: InputInfo) -> int:
+    """Bytes of object store the execution may hold: enough for every actor to have a few
+    batches queued, not the whole input (memory must not grow with the data set)."""
+    batch_bytes = job.batch_size * (4 * info.dim + 64)
+    return max(_MIN_OBJECT_STORE_BYTES, _BATCHES_IN_FLIGHT * job.workers * batch_bytes)
+
+
+@contextlib.contextmanager
+def _bounded_object_store(dataset: Any, budget: int):
+    """Cap the dataset's object-store use (keeping a lower limit set by the user)."""
+    options = dataset.context.execution_options
+    saved = options.resource_limits
+    options.resource_limits = saved.copy(object_store_memory=min(saved.object_store_memory,
+                                                                 budget))  # fmt: skip
+    try:
+        yield
+    finally:
+        options.resource_limits = saved
+
+
 def _unit(run: storage.Location, unit: str) -> storage.Location:
     return run.join(unit) if unit else run
 
@@ -340,6 +294,8 @@ def _run_unit(
     job: AssignJob, p: Plan, unit: str, info: InputInfo, on_event: Hook | None
 ) -> dict[str, Any]:
     import ray.data
+
+    from jobs.assign_sink import AssignmentSink  # imports Ray Data: only once Ray runs
 
     unit_loc = _unit(p.run, unit)
     attempt = commit.start_attempt(unit_loc)
@@ -367,7 +323,12 @@ def _run_unit(
         num_gpus=job.gpus_per_worker if use_gpu else None,
     )
     try:
-        dataset.write_datasink(sink, ray_remote_args={"num_cpus": _WRITE_TASK_CPUS})
+        with _bounded_object_store(dataset, _object_store_budget(job, info)):
+            dataset.write_datasink(
+                sink,
+                ray_remote_args={"num_cpus": _WRITE_TASK_CPUS},
+                concurrency=max(1, job.workers),  # 0-CPU tasks would otherwise fan out
+            )
         if on_event is not None:
             on_event("staged")
         manifest = commit.commit(

@@ -1,6 +1,6 @@
 """Assignment speed and memory, side by side in one run on the same data and model.
 
-``python -m jobs.benchmark assign [--rows 1000000] [--rss-rows 1000000 4000000] ...``
+``python -m jobs.benchmark assign [--rows 1000000] [--rss-rows 1000000 10000000] ...``
 
 1. Kernel: :func:`tell.assign.assign` (and the previous top-k kernel, for before/after)
    against faiss ``IndexFlatIP.search`` with k=1 and k=2 (we also return a runner-up) and
@@ -56,13 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="repetitions per kernel (best is kept)")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows for the end-to-end part")
     p.add_argument(
-        "--rss-rows", type=int, nargs="*", default=[1_000_000, 4_000_000],
+        "--rss-rows", type=int, nargs="*", default=[1_000_000, 10_000_000],
         help="input sizes for the memory part (the first equal to --rows reuses that run)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="assign actors")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=0.5, help="as the job default")
     p.add_argument("--batch-size", type=int, default=65_536)
     p.add_argument("--skip-e2e", action="store_true", help="kernel part only")
+    p.add_argument("--skip-kernel", action="store_true", help="end-to-end part only")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
     return p
 
@@ -463,9 +464,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result["kernel"] = [
         bench_kernel(args.kernel_rows, args.dim, args.k, threads, args.reps)
-        for threads in args.threads
+        for threads in ([] if args.skip_kernel else args.threads)
     ]
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.skip_kernel:
         result["kernel_gpu"] = bench_kernel_gpu(args.dim, args.k, args.reps)
     if not args.skip_e2e:
         result["end_to_end"] = bench_end_to_end(args)

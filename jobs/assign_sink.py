@@ -1,0 +1,86 @@
+"""The assignment job's Ray Data sink: stages Parquet parts and reports what it wrote.
+
+Kept apart from :mod:`jobs.assign` so that the driver's validation (and the CLI's errors)
+run without importing Ray Data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data import Datasink
+
+from jobs import commit
+
+REASON = commit.REASON_COLUMN
+
+
+class AssignmentSink(Datasink):
+    """Ray Data sink: each write task streams its rows into one assigned part and (when
+    it saw rejected rows) one rejected part of the attempt, and returns what it wrote.
+
+    Only the returned parts are committed: files of failed or retried tasks are ignored.
+    """
+
+    def __init__(
+        self,
+        attempt: commit.Attempt,
+        id_columns: tuple[str, ...],
+        min_rows_per_file: int,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.attempt = attempt
+        self.id_columns = tuple(id_columns)
+        self.min_rows = int(min_rows_per_file)
+        self.on_event = on_event
+        self.parts: list[commit.Part] = []
+        self.reasons: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "on_event": None}  # the hook stays on the driver
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.min_rows
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event("write_start")
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
+        from ray.data.block import BlockAccessor
+
+        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:10]}.parquet"
+        writers = {
+            kind: commit.PartWriter(self.attempt, kind, name)
+            for kind in (commit.ASSIGNED, commit.REJECTED)
+        }
+        reasons: Counter[str] = Counter()
+        try:
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                reason = table.column(REASON)
+                if reason.null_count == table.num_rows:
+                    writers[commit.ASSIGNED].write(table.drop_columns([REASON]))
+                    continue
+                ok = pc.is_null(reason)
+                writers[commit.ASSIGNED].write(table.filter(ok).drop_columns([REASON]))
+                bad = table.filter(pc.invert(ok)).select([*self.id_columns, REASON])
+                writers[commit.REJECTED].write(bad)
+                reasons.update(bad.column(REASON).to_pylist())
+            parts = [w.close() for w in writers.values()]
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        return {"parts": [p.to_dict() for p in parts if p], "reasons": dict(reasons)}
+
+    def on_write_complete(self, write_result: Any) -> None:
+        returns = [r for r in write_result.write_returns if r]
+        self.parts = [commit.Part.from_dict(p) for r in returns for p in r["parts"]]
+        self.reasons = commit.count_reasons(r["reasons"] for r in returns)
