@@ -109,13 +109,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     net = TELLNet(spec, cfg.k, cfg.alpha)
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
-    start_epoch = 0
+    start_epoch, history = 0, []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             loaded, meta = checkpoint.load(directory, optimizer=optimizer)
         net.load_state_dict(loaded.state_dict())
-        start_epoch = int(meta["epoch"]) + 1
+        start_epoch, history = int(meta["epoch"]) + 1, list(meta.get("history", []))
     model = ray.train.torch.prepare_model(net)
     all_reduce, all_gather = _collectives(world)
     local_batch = max(1, cfg.batch_size // world)
@@ -170,12 +170,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "min_cluster_size": min(summary["cluster_sizes"]),
             "max_cluster_size": max(summary["cluster_sizes"]),
         }
+        history.append(metrics)
         if rank == 0:
             logger.info("epoch %d/%d %s", epoch + 1, total_epochs, _format(metrics))
             meta = {
                 **config["metadata"],
                 "epoch": epoch,
                 "metrics": {**metrics, "cluster_sizes": summary["cluster_sizes"]},
+                "history": history,  # every epoch's metrics: older checkpoints are deleted
             }
             with tempfile.TemporaryDirectory() as directory:
                 checkpoint.save(net, directory, meta, optimizer=optimizer)
@@ -215,8 +217,8 @@ def plan(job: TrainJob, cfg: TrainConfig) -> tuple[InputInfo, TrainConfig, Encod
             f"The 'n_init' must be 1 for distributed training (got {cfg.n_init}); restarts are "
             "supported by the in-memory estimator tell.TELL. Run several seeds instead."
         )
+    storage.check_access(storage.resolve(job.out), write=True)  # cheap: before the footers
     info = inspect_input(job.data, job.column)
-    storage.check_access(storage.resolve(job.out), write=True)
     if cfg.k > info.num_rows:
         raise TellDataError(
             f"k={cfg.k} is larger than the number of rows in {job.data} ({info.num_rows})."

@@ -47,6 +47,8 @@ def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_di
     assert summary["metrics"]["replica_divergence"] == 0.0
     model, meta = load_model(summary["model"])
     assert meta["config"]["k"] == K and meta["input"]["dim"] == 16
+    assert [m["epoch"] for m in meta["history"]] == [0, 1, 2, 3]  # the whole training curve
+    assert all(m["replica_divergence"] == 0.0 for m in meta["history"])
     with torch.no_grad():
         z = model.encode(torch.from_numpy(data.X))
         labels = (z @ model.cluster.centers.T).argmax(1).numpy()
@@ -68,7 +70,9 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", max_failures=2), cfg)
     assert marker.exists(), "the fault was not injected"
     assert summary["epochs"] == 4
-    faulty_model, _ = load_model(summary["model"])
+    faulty_model, faulty_meta = load_model(summary["model"])
+    # the history survives the restart: one entry per epoch, none lost or repeated
+    assert [m["epoch"] for m in faulty_meta["history"]] == [0, 1, 2, 3]
     clean_model, _ = load_model(clean["model"])
     # Same clusters found: each center of one run has a near-identical twin in the other.
     a, b = faulty_model.cluster.centers.numpy(), clean_model.cluster.centers.numpy()
