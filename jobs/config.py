@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tell.config import TrainConfig, check_range, from_mapping
+from tell.config import TrainConfig, check_choice, check_range, from_mapping
 from tell.errors import TellConfigError
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
@@ -31,6 +31,9 @@ def check_run_id(name: str, value: str) -> None:
             f"The {name!r} must be 1-128 characters of letters, digits and '._=-', not starting "
             f"with a symbol and without '..'. Got {value!r}."
         )
+
+
+MATERIALIZE = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class TrainJob(Resources):
     out : URI under which runs, checkpoints and the final model are written.
     name : run name; re-using it resumes that run from its last checkpoint.
     max_failures : worker failures survived by restarting from the last checkpoint.
+    materialize : keep the decoded features in Ray's object store between epochs: "auto"
+        (when they take at most a quarter of it), "always", or "never" (stream the Parquet
+        files every epoch).
     """
 
     data: str = ""
@@ -68,6 +74,7 @@ class TrainJob(Resources):
     column: str = "embedding"
     name: str = "tell-train"
     max_failures: int = 3
+    materialize: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,6 +82,7 @@ class TrainJob(Resources):
         _require("out", self.out)
         check_run_id("name", self.name)
         check_range("max_failures", self.max_failures, low=0)
+        check_choice("materialize", self.materialize, MATERIALIZE)
 
 
 @dataclass(frozen=True)

@@ -267,10 +267,14 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
     dataset = read_dataset(info, [job.column]).map_batches(
         FeatureBatches(job.column, info.dim), batch_format="pyarrow"
     )
-    if _fits_in_object_store(scan.rows * info.dim * 4):
-        # Small enough: decode once and keep the features in the object store instead of
-        # re-reading and re-decoding the Parquet files every epoch.
+    materialized = job.materialize == "always" or (
+        job.materialize == "auto" and _fits_in_object_store(scan.rows * info.dim * 4)
+    )
+    if materialized:
+        # Decode once and keep the features in the object store instead of re-reading and
+        # re-decoding the Parquet files every epoch.
         dataset = dataset.materialize()
+        logger.info("features materialized in the object store")
     dataset = dataset.randomize_block_order(seed=cfg.seed)
     metadata = {
         "run_name": job.name,
@@ -333,6 +337,7 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
         "run": str(out.join("runs", job.name)),
         "epochs": int(meta["epoch"]) + 1,
         "rows": scan.rows,
+        "materialized": materialized,
         "wall_s": round(time.perf_counter() - started, 2),
         "metrics": {k: v for k, v in meta["metrics"].items() if k != "cluster_sizes"},
     }

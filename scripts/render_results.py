@@ -78,6 +78,12 @@ def _assign(data: dict) -> list[str]:
                 f"{v['peak_pss_mib']:.0f} |"
             )
         lines.append(f"\nPeak memory ratio across sizes: {_fmt(e2e.get('memory_ratio'))}.")
+        if "marginal_job_vs_copy" in e2e:
+            lines.append(
+                f"Steady-state throughput (the extra rows of the larger run over its extra "
+                f"time, start-up costs cancelled): {e2e['marginal_rows_per_s']:.0f} rows/s, "
+                f"{e2e['marginal_job_vs_copy']:.2f}x the copy."
+            )
     return lines
 
 

@@ -60,7 +60,7 @@ GOAL_INERTIA = 1.01  # x the better of faiss / MiniBatchKMeans
 GOAL_TIME = 1.0  # x faiss's time
 MIB = 1 << 20
 # TELL estimator settings tried by default: "epochs:batch_size:init_sample_rows".
-DEFAULT_TELL_CONFIGS = ("3:16384:8192", "2:16384:8192", "3:4096:8192", "3:16384:25000")
+DEFAULT_TELL_CONFIGS = ("1:4096:8192", "2:8192:8192", "3:16384:8192")
 QUICK = {
     "rows": 3000,
     "dim": 16,
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="data sizes for the peak-RSS check (run with max(--workers) workers)",
     )
     p.add_argument("--memory-epochs", type=int, default=1, help="epochs of extra memory runs")
+    p.add_argument(
+        "--memory-materialize", choices=("auto", "always", "never"), default="never",
+        help="the memory runs' 'materialize' setting: one code path at every size",
+    )  # fmt: skip
     p.add_argument(
         "--tell-configs",
         nargs="*",
@@ -432,6 +436,7 @@ def run_job(
     epochs: int,
     name: str,
     workdir: Path,
+    materialize: str = "auto",
 ) -> dict[str, Any]:
     """Run ``jobs.train.main`` in a fresh Python process while sampling its process tree."""
     spec = {
@@ -443,6 +448,7 @@ def run_job(
             "workers": workers,
             "cpus_per_worker": args.cpus_per_worker,
             "max_failures": 0,
+            "materialize": materialize,
         },
         "model": {
             "k": args.k,
@@ -541,8 +547,6 @@ def child_main(spec_path: str) -> int:
     summary = train.main(TrainJob(**spec["job"]), TrainConfig(**spec["model"]))
     import ray
 
-    fits = getattr(train, "_fits_in_object_store", None)
-    summary["materialized"] = bool(fits(spec["rows"] * spec["dim"] * 4)) if fits else None
     summary["object_store_mib"] = _r(ray.cluster_resources().get("object_store_memory", 0) / MIB, 0)
     summary["ray_init_s"] = _r(ray_init_s)
     ray.shutdown()
@@ -906,7 +910,13 @@ def main(argv: list[str] | None = None) -> dict:
             mem_runs = []
             for size in sorted(set(args.memory_rows)):
                 reuse = next(
-                    (r for r in job_runs if r["rows"] == size and r["workers"] == mem_workers),
+                    (
+                        r
+                        for r in job_runs
+                        if r["rows"] == size
+                        and r["workers"] == mem_workers
+                        and args.memory_materialize == "auto"
+                    ),
                     None,
                 )
                 if reuse is None:
@@ -919,6 +929,7 @@ def main(argv: list[str] | None = None) -> dict:
                         args.memory_epochs,
                         f"mem-w{mem_workers}-{size}",
                         workdir,
+                        args.memory_materialize,
                     )
                 mem_runs.append(reuse)
             result["memory"] = _memory_section(mem_runs)
