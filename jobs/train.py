@@ -217,7 +217,9 @@ def plan(job: TrainJob, cfg: TrainConfig) -> tuple[InputInfo, TrainConfig, Encod
             f"The 'n_init' must be 1 for distributed training (got {cfg.n_init}); restarts are "
             "supported by the in-memory estimator tell.TELL. Run several seeds instead."
         )
-    storage.check_access(storage.resolve(job.out), write=True)  # cheap: before the footers
+    # Both locations first (one request each), then every input footer.
+    storage.check_access(storage.resolve(job.data), write=False)
+    storage.check_access(storage.resolve(job.out), write=True)
     info = inspect_input(job.data, job.column)
     if cfg.k > info.num_rows:
         raise TellDataError(
