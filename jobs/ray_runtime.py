@@ -19,4 +19,22 @@ def ensure_ray() -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"worker_process_setup_hook": quiet_dashboardless_workers},
+        )
+
+
+# Ray Train's placement-group cleaner asks the State API, which needs the dashboard, whether
+# the controller is alive: on a local cluster started without one it warns every second.
+_DASHBOARD_ONLY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_dashboardless_workers() -> None:
+    """Worker setup hook for local clusters: silence warnings about the missing dashboard."""
+    import logging
+
+    for name in _DASHBOARD_ONLY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

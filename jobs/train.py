@@ -83,10 +83,10 @@ def agreed_batches(
 
 def _encode_sample(net: TELLNet, sample: np.ndarray, device: torch.device) -> torch.Tensor:
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # torch.tensor copies: the sample is a read-only object-store view
         z = torch.cat(
             [
-                net.encode(torch.from_numpy(sample[i : i + 8192]).to(device))
+                net.encode(torch.tensor(sample[i : i + 8192], device=device))
                 for i in range(0, len(sample), 8192)
             ]
         )
