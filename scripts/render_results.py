@@ -119,8 +119,12 @@ def _train(data: dict) -> list[str]:
             "|---|---|---|---|---|---|",
         ]
         for run in converge["runs"]:
+            p = run.get("params", {})
+            name = run["method"]
+            if name.startswith("TELL"):  # epochs, global batch, k-means++ sample rows
+                name += f" e={p['epochs']} b={p['batch_size']} s={p['init_sample_rows']}"
             lines.append(
-                f"| {run['method']} | {run['inertia_vs_best_baseline']:.4f} | "
+                f"| {name} | {run['inertia_vs_best_baseline']:.4f} | "
                 f"{100 * run['acc']:.2f} | {run['total_s']:.1f} | {run['time_vs_faiss']:.2f} | "
                 f"{run['cpu_vs_faiss']:.2f} |"
             )
@@ -135,7 +139,9 @@ def _train(data: dict) -> list[str]:
             f"{role} {r['private']:.2f}x private / {r['rss']:.2f}x RSS"
             for role, r in ratios.items()
         )
-        lines += ["", f"Peak memory, {sizes} rows: {cells}."]
+        how = {True: "features materialized", False: "streaming from Parquet"}
+        paths = {how.get(r.get("materialized"), "?") for r in data["memory"].get("runs", [])}
+        lines += ["", f"Peak memory, {sizes} rows ({', '.join(sorted(paths))}): {cells}."]
     load = data.get("machine", {})
     if load.get("load_avg_start"):
         lines.append(
