@@ -132,18 +132,37 @@ def _train(data: dict) -> list[str]:
         if summary.get("goal"):
             met = ", ".join(summary.get("goal_met_by") or []) or "none"
             lines += ["", f"Goal: {summary['goal']} — met by: {met}."]
-    ratios = data.get("memory", {}).get("ratio_largest_vs_smallest")
-    if ratios:
-        sizes = " vs ".join(str(s) for s in reversed(data["memory"]["sizes"]))
-        cells = ", ".join(
-            f"{role} {r['private']:.2f}x private / {r['rss']:.2f}x RSS"
-            for role, r in ratios.items()
-        )
+    memory_runs = data.get("memory", {}).get("runs", [])
+    if memory_runs:
+        roles = ("driver", "train worker", "data task")
         how = {True: "features materialized", False: "streaming from Parquet"}
-        paths = {how.get(r.get("materialized"), "?") for r in data["memory"].get("runs", [])}
-        lines += ["", f"Peak memory, {sizes} rows ({', '.join(sorted(paths))}): {cells}."]
+        paths = ", ".join(sorted({how.get(r.get("materialized"), "?") for r in memory_runs}))
+        lines += [
+            "",
+            f"Peak memory per process, MiB, private (RSS), {memory_runs[0]['workers']} "
+            f"workers, {paths}:",
+            "",
+            "| rows | " + " | ".join(roles) + " |",
+            "|---|" + "---|" * len(roles),
+        ]
+        for run in memory_runs:
+            by_role = run["memory"]["by_role"]
+            cells = [
+                f"{by_role[role]['max_peak_private_mib']:.0f} "
+                f"({by_role[role]['max_peak_rss_mib']:.0f})"
+                if role in by_role
+                else ""
+                for role in roles
+            ]
+            lines.append(f"| {run['rows']} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "RSS also counts the object-store (shared memory) pages a process touched: "
+            "bounded by the node's object store, counted once per node.",
+        ]
     load = data.get("machine", {})
     if load.get("load_avg_start"):
+        lines.append("")
         lines.append(
             f"Load average during the run: {load['load_avg_start'][0]:.1f} at the start, "
             f"{load.get('load_avg_end', ['?'])[0]} at the end ({load.get('cpu_count')} CPUs)."
