@@ -278,6 +278,10 @@ def main(job: TrainJob, cfg: TrainConfig) -> dict[str, Any]:
         dataset = dataset.materialize()
         logger.info("features materialized in the object store")
     dataset = dataset.randomize_block_order(seed=cfg.seed)
+    # Each epoch re-executes this dataset. From memory an epoch takes seconds and the job
+    # logs a line per epoch, so Ray Data's progress would only repeat itself (hundreds of
+    # lines per run); a streaming epoch reads the whole input and keeps its progress output.
+    dataset.context.enable_progress_bars = not materialized
     metadata = {
         "run_name": job.name,
         "config": cfg.to_dict(),
