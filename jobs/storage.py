@@ -232,8 +232,8 @@ def check_access(loc: Location, *, write: bool) -> None:
     """Preflight a location before any Ray work starts.
 
     Local: reading needs the path to exist and be readable; writing needs the
-    path, or else its parent directory, to exist and be writable. S3 (one try,
-    bounded to about 10 s): the endpoint answers, the credentials are accepted
+    path, or else its parent directory, to exist and be writable. S3 (bounded
+    retries, 10 s read timeout): the endpoint answers, the credentials are accepted
     and the bucket exists; reading also needs an object at the key or below
     ``key/``. A missing bucket is never created here (see :func:`ensure_bucket`).
 
@@ -641,7 +641,7 @@ def _check_s3(loc: Location, *, write: bool) -> None:
     fs = _new_s3fs(
         loc.endpoint_url, max_retries=_MAX_RETRIES, read_timeout_s=_PREFLIGHT_READ_TIMEOUT_S
     )
-    fs.retries = 1  # s3fs' own retry loop on top of botocore's: one try here
+    fs.retries = 1  # no s3fs retry rounds on top of botocore's 4 tries
     bucket, key = loc.bucket, loc.key
     try:
         listing = fs.call_s3(
