@@ -278,8 +278,8 @@ def _bounded_object_store(dataset: Any, budget: int):
     """Cap the dataset's object-store use (keeping a lower limit set by the user)."""
     options = dataset.context.execution_options
     saved = options.resource_limits
-    options.resource_limits = saved.copy(object_store_memory=min(saved.object_store_memory,
-                                                                 budget))  # fmt: skip
+    limit = min(saved.object_store_memory, budget)
+    options.resource_limits = saved.copy(object_store_memory=limit)
     try:
         yield
     finally:

@@ -297,10 +297,17 @@ def s3_bucket(s3_env, s3_server):
 # --------------------------------------------------------------------------- Ray
 
 
-def _start_ray(extra_env: dict[str, str] | None = None):
-    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_TRAIN_V2_ENABLED")}
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+def _start_ray(extra_env: dict[str, str] | None = None, process_env: dict[str, str] | None = None):
+    """Start a local Ray. ``extra_env`` reaches the workers through the runtime_env;
+    ``process_env`` is set in this process first, so every Ray process inherits it.
+    Returns (ray, context, the saved environment for :func:`_stop_ray`)."""
+    process_env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TRAIN_V2_ENABLED": "1",
+        **(process_env or {}),
+    }
+    saved = {k: os.environ.get(k) for k in process_env}
+    os.environ.update(process_env)
     import ray
 
     context = ray.init(
@@ -331,6 +338,38 @@ def ray_cluster():
         yield context
     finally:
         _stop_ray(ray, saved)
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3_credentials(s3_server):
+    """A local Ray whose processes (so every job's workers) hold the S3 credentials in their
+    environment, like nodes configured with them; yields the context."""
+    missing = str(s3_server.workdir / "no-aws-config")
+    ray, context, saved = _start_ray(
+        process_env={
+            **s3_server.env,
+            "AWS_CONFIG_FILE": missing,
+            "AWS_SHARED_CREDENTIALS_FILE": missing,
+        }
+    )
+    try:
+        yield context
+    finally:
+        _stop_ray(ray, saved)
+
+
+@pytest.fixture(scope="session")
+def closed_port():
+    """A function returning a loopback port nothing listens on (bound, then released)."""
+
+    def pick() -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        return port
+
+    return pick
 
 
 @pytest.fixture(scope="module")

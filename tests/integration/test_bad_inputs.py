@@ -25,7 +25,6 @@ import os
 import pickle
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -76,14 +75,6 @@ def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> Outcome:
         capture_output=True, text=True, env=env, cwd=cwd, timeout=TIMEOUT_S,
     )  # fmt: skip
     return Outcome(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
-
-
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _base_env() -> dict[str, str]:
@@ -419,12 +410,12 @@ def s3_world(s3_server, world):
     return f"s3://{bucket}", client
 
 
-def _s3_env(s3_server, kind: str) -> dict[str, str]:
+def _s3_env(s3_server, kind: str, closed_port) -> dict[str, str]:
     env = {**_base_env(), **s3_server.env}
     missing = str(s3_server.workdir / "no-aws-config")
     env.update(AWS_CONFIG_FILE=missing, AWS_SHARED_CREDENTIALS_FILE=missing)
     if kind == "s3-unreachable":
-        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_closed_port()}"
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{closed_port()}"
     elif kind == "s3-bad-secret":
         env["AWS_SECRET_ACCESS_KEY"] = BAD_SECRET
     elif kind == "s3-bad-key":
@@ -438,13 +429,14 @@ def _keys(client, bucket: str, prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def s3_outcomes(request, s3_server, s3_world, world):
+def s3_outcomes(request, s3_server, s3_world, world, closed_port):
     s3, _ = s3_world
     cases = _selected(request, "test_refused_on_s3", S3_CASES)
 
     def run(case: Case) -> Outcome:
         values = {**world, "s3": s3, "out": f"{s3}/cases/{case.id}/out"}
-        return run_cli(case.argv_for(values), _s3_env(s3_server, case.env), _case_dir(world, case))
+        return run_cli(case.argv_for(values), _s3_env(s3_server, case.env, closed_port),
+                       _case_dir(world, case))  # fmt: skip
 
     started = time.monotonic()
     outcomes = _run_all(cases, run)

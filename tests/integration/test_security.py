@@ -36,37 +36,6 @@ def tell_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
 
 
-@pytest.fixture(scope="module")
-def ray_with_s3_credentials(s3_server):
-    """A local Ray whose processes (so every job's workers) hold the S3 credentials in their
-    environment, like nodes configured with them; yields the context."""
-    saved = {k: os.environ.get(k) for k in [*s3_server.env, "AWS_CONFIG_FILE",
-                                              "AWS_SHARED_CREDENTIALS_FILE"]}  # fmt: skip
-    missing = str(s3_server.workdir / "no-aws-config")
-    os.environ.update(
-        s3_server.env, AWS_CONFIG_FILE=missing, AWS_SHARED_CREDENTIALS_FILE=missing,
-        RAY_USAGE_STATS_ENABLED="0", RAY_TRAIN_V2_ENABLED="1",
-    )  # fmt: skip
-    import ray
-
-    context = ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=1 << 30,
-        log_to_driver=False,
-        include_dashboard=False,
-    )
-    try:
-        yield context
-    finally:
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _files_containing(root: Path, needle: bytes) -> list[str]:
     hits = []
     for path in root.rglob("*"):

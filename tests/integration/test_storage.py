@@ -1,6 +1,5 @@
 """jobs.storage against a real S3 server (SeaweedFS): round trips, preflight errors, restarts."""
 
-import socket
 import threading
 import time
 
@@ -12,14 +11,6 @@ from jobs import storage
 from tell.errors import TellStorageError
 
 pytestmark = pytest.mark.integration
-
-
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _message(exc_info) -> str:
@@ -94,8 +85,8 @@ def test_parquet_through_wrapped_filesystem(s3_bucket):
     assert pq.read_schema(files[0], filesystem=data.filesystem).names == ["id", "x"]
 
 
-def test_unreachable_endpoint_fails_fast(s3_env, monkeypatch):
-    port = _closed_port()
+def test_unreachable_endpoint_fails_fast(s3_env, monkeypatch, closed_port):
+    port = closed_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     storage.clear_cache()
     loc = storage.resolve("s3://tell-unreachable/x")
