@@ -9,7 +9,8 @@ streaming, by :func:`tell.io.screen_rows`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import storage
-from tell.errors import TellDataError, TellStorageError
+from tell.errors import TellDataError, TellError, TellStorageError
 from tell.io import image_shape_from_schema, screen_rows
 
 _FOOTER_THREADS = 16
@@ -47,15 +48,24 @@ class InputInfo:
     image_shape: tuple[int, int, int] | None
 
 
-def _footer(loc: storage.Location, path: str) -> pq.FileMetaData:
+@contextlib.contextmanager
+def parquet_read_errors(loc: storage.Location, path: str) -> Iterator[None]:
+    """A failed read of Parquet file ``path`` becomes one line: a storage error on S3,
+    else "not a valid Parquet file" (pyarrow reports corrupt files as OSError too)."""
     try:
-        with loc.filesystem.open_input_file(path) as f:
-            return pq.ParquetFile(f).metadata
+        yield
+    except TellError:
+        raise
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, OSError) and loc.is_s3:
             raise TellStorageError(f"Cannot read {path} from {loc.uri}: {message}") from None
         raise TellDataError(f"{path} is not a valid Parquet file ({message}).") from None
+
+
+def _footer(loc: storage.Location, path: str) -> pq.FileMetaData:
+    with parquet_read_errors(loc, path), loc.filesystem.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata
 
 
 def _fixed_width(typ: pa.DataType) -> int | None:

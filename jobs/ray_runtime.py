@@ -7,6 +7,10 @@ import os
 # Set before Ray is imported anywhere in the process.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray Train's controller polls its workers this often (Ray's default: 2 s). Every fit()
+# waits up to one period to see that training ended; on a local cluster (which inherits
+# this environment) 0.5 s saves seconds per job at a negligible cost.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def ensure_ray() -> None:

@@ -1,20 +1,42 @@
-"""The scan pass before training: validate every row and draw the k-means++ sample at once."""
+"""The scan before training: one read of every input file, as one Ray task per file.
+
+Each task streams its file in blocks of rows, screens every row (:func:`tell.io.screen_rows`),
+draws its share of the k-means++ sample and, when asked, keeps the decoded features in Ray's
+object store as Arrow blocks. So when the features fit in the object store, the validating
+scan and the materialisation are one pass, and training reads the kept blocks
+(``ray.data.from_arrow_refs``) instead of reading and decoding the Parquet files again.
+
+Plain tasks instead of a Ray Data pipeline: the pass needs per-file statistics and a
+sample beside the blocks, and a streaming generator task returns all three while its
+outputs stay owned by the driver (they outlive the worker that made them). On a cold
+2-core cluster this takes 5 s for 1M x 128 rows, against 20 s for a Ray Data scan plus
+a Ray Data materialize.
+"""
 
 from __future__ import annotations
 
-import zlib
-from typing import NamedTuple
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from jobs.data import InputInfo, read_dataset
+from jobs import storage
+from jobs.data import InputInfo, parquet_read_errors
 from tell.io import screen_rows
 
+logger = logging.getLogger("tell.scan")
 
-class ScanResult(NamedTuple):
-    """rows : usable + bad rows seen; bad_rows and first_reason describe the unusable ones;
-    sample : (m, d) float32, m <= the requested sample size, uniformly drawn usable rows."""
+BLOCK_BYTES = 32 * 2**20  # target size of a kept feature block (and of a screened batch)
+_PROGRESS_EVERY_S = 10.0
+
+
+class FileStats(NamedTuple):
+    """What one file's scan found: rows read, unusable rows and why the first one is,
+    and (m, d) float32 sampled usable rows."""
 
     rows: int
     bad_rows: int
@@ -22,50 +44,91 @@ class ScanResult(NamedTuple):
     sample: np.ndarray
 
 
-class ScanBatch:
-    """``map_batches`` callable: one stats row, then the batch's sampled rows.
+class ScanResult(NamedTuple):
+    """rows : usable + bad rows seen; bad_rows and first_reason describe the unusable ones;
+    sample : (m, d) float32, m <= the requested sample size, uniformly drawn usable rows;
+    blocks : ObjectRefs of Arrow tables {"x": (b, d) float32 tensor}, every usable row in
+    input order; empty unless the features were kept."""
 
-    Output columns: x (B', d) float32, is_stats bool, rows int64, bad int64, reason str.
+    rows: int
+    bad_rows: int
+    first_reason: str
+    sample: np.ndarray
+    blocks: list[Any]
+
+
+def block_rows(dim: int) -> int:
+    """Rows per block of ``dim`` float32 values: about BLOCK_BYTES, at least 1024."""
+    return max(1024, BLOCK_BYTES // (4 * max(dim, 1)))
+
+
+def scan_file(
+    location: storage.Location,
+    path: str,
+    file_index: int,
+    column: str,
+    dim: int,
+    fraction: float,
+    seed: int,
+    keep: bool,
+) -> Iterator[pa.Table | FileStats]:
+    """Scan one Parquet file: yield its feature blocks (when ``keep``), then its FileStats.
+
+    Each batch's sample is drawn with its own generator, seeded by (seed, file, batch):
+    the sample does not depend on which worker scanned what, or when.
     """
+    from ray.data.block import BlockAccessor
 
-    def __init__(self, column: str, dim: int, fraction: float, seed: int) -> None:
-        self.column, self.dim, self.fraction, self.seed = column, dim, fraction, seed
+    rows = bad = 0
+    reason = ""
+    picked: list[np.ndarray] = []
+    with parquet_read_errors(location, path), location.filesystem.open_input_file(path) as f:
+        batches = pq.ParquetFile(f).iter_batches(batch_size=block_rows(dim), columns=[column])
+        for batch_index, batch in enumerate(batches):
+            screen = screen_rows(batch, column, dim)
+            rows += len(screen.valid)
+            n_bad = int(len(screen.valid) - len(screen.matrix))
+            if n_bad and not reason:
+                reason = str(screen.reasons[np.flatnonzero(~screen.valid)[0]])
+            bad += n_bad
+            rng = np.random.default_rng([seed, file_index, batch_index])
+            picked.append(screen.matrix[rng.random(len(screen.matrix)) < fraction])
+            if keep and len(screen.matrix):
+                yield BlockAccessor.batch_to_block({"x": screen.matrix})
+    sample = np.concatenate(picked) if picked else np.zeros((0, dim), np.float32)
+    yield FileStats(rows, bad, reason, sample)
 
-    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        screen = screen_rows(batch, self.column, self.dim)
-        # A per-batch seed derived from the data keeps the sample independent of scheduling.
-        salt = zlib.crc32(screen.matrix[:1].tobytes()) if len(screen.matrix) else 0
-        rng = np.random.default_rng([self.seed, salt, len(screen.valid)])
-        picked = screen.matrix[rng.random(len(screen.matrix)) < self.fraction]
-        bad = ~screen.valid
-        reason = str(screen.reasons[np.flatnonzero(bad)[0]]) if bad.any() else ""
-        m = len(picked)
-        return {
-            "x": np.concatenate([np.zeros((1, self.dim), np.float32), picked]),
-            "is_stats": np.array([True] + [False] * m),
-            "rows": np.array([len(screen.valid)] + [0] * m, dtype=np.int64),
-            "bad": np.array([int(bad.sum())] + [0] * m, dtype=np.int64),
-            "reason": np.array([reason] + [""] * m, dtype=object),
-        }
 
+def scan_input(info: InputInfo, sample_rows: int, seed: int, keep: bool) -> ScanResult:
+    """Scan every input file once (one task each); see the module docstring.
 
-def scan_input(info: InputInfo, sample_rows: int, seed: int) -> ScanResult:
-    """One streaming pass over the input: row counts, bad rows, and a uniform sample."""
+    keep : also keep every usable row's features in the object store (``blocks``).
+    """
+    import ray
+
     fraction = min(1.0, 1.2 * sample_rows / info.num_rows + 1e-9)
-    scanned = read_dataset(info, [info.column]).map_batches(
-        ScanBatch(info.column, info.dim, fraction, seed), batch_format="pyarrow"
-    )
+    task = ray.remote(scan_file).options(num_cpus=1, num_returns="streaming")
+    generators = [
+        task.remote(info.location, path, i, info.column, info.dim, fraction, seed, keep)
+        for i, path in enumerate(info.files)
+    ]
     rows = bad = 0
     reason = ""
     parts: list[np.ndarray] = []
-    for batch in scanned.iter_batches(batch_format="numpy", batch_size=None):
-        stats = batch["is_stats"].astype(bool)
-        rows += int(batch["rows"][stats].sum())
-        bad += int(batch["bad"][stats].sum())
-        reason = reason or next((r for r in batch["reason"][stats] if r), "")
-        parts.append(np.asarray(batch["x"][~stats], dtype=np.float32).reshape(-1, info.dim))
+    blocks: list[Any] = []
+    last_log = time.monotonic()
+    for done, generator in enumerate(generators, start=1):
+        refs = list(generator)
+        stats: FileStats = ray.get(refs[-1])
+        blocks += refs[:-1]
+        rows, bad = rows + stats.rows, bad + stats.bad_rows
+        reason = reason or stats.first_reason
+        parts.append(stats.sample)
+        if time.monotonic() - last_log > _PROGRESS_EVERY_S:
+            last_log = time.monotonic()
+            logger.info("scanned %d of %d files (%d rows)", done, len(generators), rows)
     sample = np.concatenate(parts) if parts else np.zeros((0, info.dim), np.float32)
     if len(sample) > sample_rows:
         rng = np.random.default_rng(seed)
         sample = sample[np.sort(rng.choice(len(sample), sample_rows, replace=False))]
-    return ScanResult(rows, bad, reason, np.ascontiguousarray(sample))
+    return ScanResult(rows, bad, reason, np.ascontiguousarray(sample), blocks)

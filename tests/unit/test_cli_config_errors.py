@@ -220,8 +220,8 @@ def test_user_error_from_ray_data_traceback_text():
     """Ray Data re-raises task errors with only the text of the original exception."""
     remote = type("RayTaskError(UserCodeException)", (Exception,), {"__module__": "ray.exceptions"})
     text = (
-        "ray::ReadFiles->MapBatches(ScanBatch)() (pid=1, ip=127.0.0.1)\n"
-        '  File "/x/jobs/scan.py", line 36, in __call__\n'
+        "ray::ReadFiles->MapBatches(FeatureBatches)() (pid=1, ip=127.0.0.1)\n"
+        '  File "/x/jobs/data.py", line 160, in __call__\n'
         "tell.errors.TellDataError: Column 'e' has type string, which is not numeric.\n\n"
         "The above exception was the direct cause of the following exception:\n\n"
         "ray.exceptions.UserCodeException: UDF failed to process a data block."
