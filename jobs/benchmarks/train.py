@@ -9,9 +9,11 @@ Parquet chunk by chunk), because a shared machine is noisy: compare the ratios.
 
 1. Throughput: ``jobs.train.main`` (identity encoder) with 1 and 2 workers. Each run is a
    fresh Python process (the job's driver: import, ``ray.init``, scan pass, TorchTrainer,
-   final model). rows/s comes from the steady-state epochs (epoch >= 1) in the checkpoint
-   metadata (<out>/runs/<name>/checkpoint_*/metadata.json; the job keeps the last two),
-   divided by the worker count for rows/s per worker; end-to-end wall time includes start-up.
+   final model). rows/s comes from the steady-state epochs (epoch >= 1) in the per-epoch
+   ``history`` of the last checkpoint's metadata (<out>/runs/<name>/checkpoint_*/), divided
+   by the worker count for rows/s per worker; end-to-end wall time includes start-up.
+   ``--job-configs`` adds 1-worker runs with other epochs/batch settings for part 3, and a
+   table splits each job's wall time into scan, epochs and fixed costs.
 2. Memory: a background thread samples, every ``--sample-interval`` s, the RSS (and RSS minus
    shared pages) of the driver and of every process of its Ray session (train workers, Ray
    Data tasks and actors, raylet/GCS); peak per process at each size of ``--memory-rows``
@@ -61,6 +63,8 @@ GOAL_TIME = 1.0  # x faiss's time
 MIB = 1 << 20
 # TELL estimator settings tried by default: "epochs:batch_size:init_sample_rows".
 DEFAULT_TELL_CONFIGS = ("1:4096:8192", "2:8192:8192", "3:16384:8192")
+# Extra 1-worker job runs for the convergence table: the estimator's best setting.
+DEFAULT_JOB_CONFIGS = ("1:4096:8192",)
 QUICK = {
     "rows": 3000,
     "dim": 16,
@@ -70,6 +74,7 @@ QUICK = {
     "init_sample_rows": 1000,
     "memory_rows": [3000, 6000],
     "tell_configs": ["3:256:1000", "2:512:1000"],
+    "job_configs": ["1:256:1000"],
     "mbk_batch": 256,
 }
 _FILE_ROWS_CAP = 125_000  # rows per Parquet file (64 MB at d=128)
@@ -118,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EPOCHS:BATCH:SAMPLE",
         help="TELL estimator settings (epochs:batch_size:init_sample_rows)",
     )
+    p.add_argument(
+        "--job-configs",
+        nargs="*",
+        default=list(DEFAULT_JOB_CONFIGS),
+        metavar="EPOCHS:BATCH:SAMPLE",
+        help="extra 1-worker job runs for the convergence comparison (section jobs)",
+    )
     p.add_argument("--faiss-niter", type=int, default=25)
     p.add_argument("--mbk-n-init", type=int, nargs="*", default=[1, 3])
     p.add_argument("--mbk-batch", type=int, default=4096)
@@ -140,6 +152,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             if getattr(args, key) == parser.get_default(key):
                 setattr(args, key, value)
     args.tell_configs = [parse_tell_config(s) for s in args.tell_configs]
+    args.job_configs = [parse_tell_config(s) for s in args.job_configs]
     if args.k > args.rows:
         parser.error(f"--k {args.k} is larger than --rows {args.rows}")
     if "jobs" in args.sections and args.epochs < 1:
@@ -153,7 +166,7 @@ def parse_tell_config(text: str | dict) -> dict[str, int]:
         return text
     parts = text.split(":")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise SystemExit(f"error: --tell-configs wants EPOCHS:BATCH:SAMPLE, got {text!r}")
+        raise SystemExit(f"error: wanted EPOCHS:BATCH:SAMPLE, got {text!r}")
     epochs, batch, sample = (int(p) for p in parts)
     return {"epochs": epochs, "batch_size": batch, "init_sample_rows": sample}
 
@@ -283,6 +296,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path | None) -> BenchData:
 
 
 _DATA_MARKERS = (
+    "scan_file",
     "Read",
     "MapBatches",
     "Map(",
@@ -433,12 +447,15 @@ def run_job(
     data_dir: Path,
     rows: int,
     workers: int,
-    epochs: int,
+    cfg: dict[str, int],
     name: str,
     workdir: Path,
     materialize: str = "auto",
 ) -> dict[str, Any]:
-    """Run ``jobs.train.main`` in a fresh Python process while sampling its process tree."""
+    """Run ``jobs.train.main`` in a fresh Python process while sampling its process tree.
+
+    cfg : {"epochs", "batch_size", "init_sample_rows"} of the job.
+    """
     spec = {
         "job": {
             "data": str(data_dir),
@@ -453,9 +470,7 @@ def run_job(
         "model": {
             "k": args.k,
             "encoder": "identity",
-            "epochs": epochs,
-            "batch_size": args.batch_size,
-            "init_sample_rows": args.init_sample_rows,
+            **cfg,
             "seed": args.seed,
         },
         "rows": rows,
@@ -493,12 +508,13 @@ def run_job(
         "name": name,
         "workers": workers,
         "rows": rows,
-        "epochs": epochs,
-        "batch_size": args.batch_size,
-        "init_sample_rows": args.init_sample_rows,
+        **cfg,
         "cpus_per_worker": args.cpus_per_worker,
         "e2e_s": _r(e2e),
         "job_wall_s": summary["wall_s"],
+        "scan_s": summary.get("scan_s"),
+        "fit_s": summary.get("fit_s"),
+        "epochs_s": _r(sum(m["epoch_s"] for m in epochs_meta)),
         "ray_init_s": summary.get("ray_init_s"),
         "materialized": summary.get("materialized"),
         "object_store_mib": summary.get("object_store_mib"),
@@ -514,7 +530,7 @@ def run_job(
 
 
 def read_epoch_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch metrics from the checkpoints the job kept (<run>/checkpoint_*/metadata.json)."""
+    """Every epoch's metrics, from the ``history`` in the newest checkpoint's metadata."""
     keep = (
         "epoch",
         "rows",
@@ -525,12 +541,11 @@ def read_epoch_metrics(run_dir: Path) -> list[dict[str, Any]]:
         "moved_centers",
         "replica_divergence",
     )
-    found = {}
-    for meta_file in sorted(run_dir.glob("checkpoint_*/metadata.json")):
-        meta = json.loads(meta_file.read_text())
-        metrics = meta.get("metrics", {})
-        found[int(meta["epoch"])] = {k: metrics.get(k, meta.get(k)) for k in keep}
-    return [found[e] for e in sorted(found)]
+    metas = [json.loads(f.read_text()) for f in run_dir.glob("checkpoint_*/metadata.json")]
+    if not metas:
+        return []
+    newest = max(metas, key=lambda meta: int(meta["epoch"]))
+    return [{k: m.get(k) for k in keep} for m in newest["history"]]
 
 
 def child_main(spec_path: str) -> int:
@@ -756,6 +771,22 @@ def format_throughput(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_job_split(runs: list[dict]) -> str:
+    """Where each job's wall time went: scan, and the trainer's epochs vs its fixed costs."""
+    lines = [
+        "Job wall time split (s): scan = validate + sample (+ keep features); trainer = "
+        "TorchTrainer.fit; other = trainer start-up, k-means++, checkpoints, shutdown",
+        f"{'job':<28} {'wall':>6} {'scan':>6} {'trainer':>8} {'epochs':>7} {'other':>6}",
+    ]
+    for r in runs:
+        other = r["fit_s"] - r["epochs_s"] if r["fit_s"] is not None else None
+        lines.append(
+            f"{r['name']:<28} {r['job_wall_s']:>6.1f} {_f(r['scan_s']):>6} "
+            f"{_f(r['fit_s']):>8} {_f(r['epochs_s']):>7} {_f(other):>6}"
+        )
+    return "\n".join(lines)
+
+
 def format_memory(result: dict) -> str:
     mem = result["memory"]
     roles = ("driver", "train worker", "data task", "train controller", "ray system")
@@ -888,10 +919,13 @@ def main(argv: list[str] | None = None) -> dict:
             for workers in args.workers:
                 name = f"tp-w{workers}-{args.rows}"
                 print(f"job: {workers} worker(s), {args.rows} rows ...", flush=True)
+                cfg = {
+                    "epochs": args.epochs,
+                    "batch_size": args.batch_size,
+                    "init_sample_rows": args.init_sample_rows,
+                }
                 job_runs.append(
-                    run_job(
-                        args, data.dirs[args.rows], args.rows, workers, args.epochs, name, workdir
-                    )
+                    run_job(args, data.dirs[args.rows], args.rows, workers, cfg, name, workdir)
                 )
             result["throughput"] = {"runs": job_runs}
             by_w = {r["workers"]: r for r in job_runs}
@@ -926,7 +960,11 @@ def main(argv: list[str] | None = None) -> dict:
                         data.dirs[size],
                         size,
                         mem_workers,
-                        args.memory_epochs,
+                        {
+                            "epochs": args.memory_epochs,
+                            "batch_size": args.batch_size,
+                            "init_sample_rows": args.init_sample_rows,
+                        },
                         f"mem-w{mem_workers}-{size}",
                         workdir,
                         args.memory_materialize,
@@ -934,6 +972,13 @@ def main(argv: list[str] | None = None) -> dict:
                 mem_runs.append(reuse)
             result["memory"] = _memory_section(mem_runs)
             print(format_memory(result), flush=True)
+            for cfg in args.job_configs:
+                name = f"conv-w1-e{cfg['epochs']}-b{cfg['batch_size']}-{args.rows}"
+                print(f"job: convergence run {cfg}, 1 worker ...", flush=True)
+                conv_run = run_job(args, data.dirs[args.rows], args.rows, 1, cfg, name, workdir)
+                result.setdefault("convergence_jobs", []).append(conv_run)
+            if args.job_configs:
+                print(format_job_split(job_runs + result["convergence_jobs"]), flush=True)
         if "converge" in args.sections:
             runs: list[dict] = []
             print("converge: faiss ...", flush=True)
@@ -946,7 +991,7 @@ def main(argv: list[str] | None = None) -> dict:
             for cfg in args.tell_configs:
                 print(f"converge: TELL estimator {cfg} ...", flush=True)
                 runs.append(run_tell(data.X, data.y, args.k, cfg, args.seed))
-            for r in job_runs:
+            for r in job_runs + result.get("convergence_jobs", []):
                 if r["rows"] != args.rows:
                     continue
                 with Timer() as t:
@@ -961,6 +1006,11 @@ def main(argv: list[str] | None = None) -> dict:
                             "seed": args.seed,
                         },
                         "fit_s": r["job_wall_s"],
+                        "split_s": {
+                            "scan": r["scan_s"],
+                            "trainer": r["fit_s"],
+                            "epochs": r["epochs_s"],
+                        },
                         "label_s": 0.0,
                         "total_s": r["job_wall_s"],
                         "cpu_s": r["memory"]["cpu_s_all_processes"],

@@ -100,6 +100,7 @@ def test_process_roles_from_ray_titles():
     read = ["python default_worker.py", "ray::ReadFilesParquetV2->MapBatches(FeatureBatches)"]
     assert bench.classify(read, False) == "data task"
     assert bench.classify(["ray::SplitCoordinator"], False) == "data task"
+    assert bench.classify(["ray::scan_file"], False) == "data task"
     assert bench.classify(["python default_worker.py", "ray::IDLE"], False) == "idle worker"
     assert bench.classify(["raylet --foo"], False) == "ray system"
     assert bench.classify(["ray::TrainController.run"], False) == "train controller"
@@ -117,3 +118,34 @@ def test_sampler_sees_a_child_process_and_its_peak():
     assert "driver" in roles and len(report["processes"]) == 2
     child = max(report["processes"], key=lambda p: p["peak_rss_mib"])
     assert child["peak_rss_mib"] >= 80 and child["peak_private_mib"] >= 70
+
+
+def test_epoch_metrics_come_from_the_newest_checkpoints_history(tmp_path):
+    """The job keeps two checkpoints; the newest one's history holds every epoch."""
+    history = [{"epoch": e, "rows": 10, "epoch_s": 1.0 + e, "extra": "x"} for e in range(3)]
+    for epoch in (1, 2):
+        folder = tmp_path / f"checkpoint_{epoch}"
+        folder.mkdir()
+        meta = {"epoch": epoch, "history": history[: epoch + 1]}
+        (folder / "metadata.json").write_text(json.dumps(meta))
+    metrics = bench.read_epoch_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    assert [m["epoch_s"] for m in metrics] == [1.0, 2.0, 3.0] and "extra" not in metrics[0]
+    assert bench.read_epoch_metrics(tmp_path / "missing") == []
+
+
+def test_job_split_table_shows_fixed_costs():
+    runs = [{"name": "conv-w1", "job_wall_s": 40.0, "scan_s": 6.0, "fit_s": 31.0,
+             "epochs_s": 8.0}]  # fmt: skip
+    table = bench.format_job_split(runs)
+    assert "conv-w1" in table and table.splitlines()[-1].split()[1:] == [
+        "40.0", "6.0", "31.0", "8.0", "23.0"
+    ]  # fmt: skip
+
+
+def test_job_configs_parse_and_quick_default():
+    args = bench.parse_args(["--quick", "--job-configs", "2:512:1000"])
+    assert args.job_configs == [{"epochs": 2, "batch_size": 512, "init_sample_rows": 1000}]
+    assert bench.parse_args(["--quick"]).job_configs == [
+        {"epochs": 1, "batch_size": 256, "init_sample_rows": 1000}
+    ]
