@@ -369,13 +369,71 @@ def read_manifest(unit: storage.Location) -> dict[str, Any] | None:
     return manifest
 
 
+def committed_parts(
+    unit: storage.Location, *, include_rejected: bool = False
+) -> tuple[dict[str, Any], list[tuple[storage.Location, int]]]:
+    """The unit's manifest and the parts it lists, as (location, rows); assigned parts first.
+
+    The one place where readers learn what a commit holds: ``read_committed`` and
+    ``tell evaluate`` read exactly these files, never a directory listing.
+
+    Raises
+    ------
+    TellDataError
+        If the unit is not committed (naming committed units below it, if any), or its
+        manifest lists a malformed entry or a path that would leave the unit.
+    """
+    manifest = read_manifest(unit)
+    if manifest is None:
+        below = _committed_units_below(unit)
+        hint = f" Committed runs below it: {below}." if below else ""
+        raise TellDataError(
+            f"{unit.uri} is not a committed assignment: it has no {MANIFEST_FILE} manifest "
+            "(the run has not finished, or failed). Pass a run directory written by "
+            f"'tell assign' (<out>/<run_id>), or re-run 'tell assign' with this run id.{hint}"
+        )
+    listed = list(manifest.get("files", []))
+    if include_rejected:
+        listed += list(manifest.get("rejected_files", []))
+    return manifest, [_listed_part(unit, entry) for entry in listed]
+
+
+def _listed_part(unit: storage.Location, entry: Any) -> tuple[storage.Location, int]:
+    """A manifest entry {"path": relative path, "rows": n} as (location inside unit, n)."""
+    manifest_uri = unit.join(MANIFEST_FILE).uri
+    path = entry.get("path") if isinstance(entry, dict) else None
+    rows = entry.get("rows") if isinstance(entry, dict) else None
+    if not isinstance(path, str) or not isinstance(rows, int) or rows < 0:
+        raise TellDataError(
+            f"{manifest_uri} lists a malformed file entry {entry!r}; the run is damaged: "
+            "re-run the assignment."
+        )
+    try:
+        return unit.join(path), rows
+    except TellStorageError:
+        raise TellDataError(
+            f"{manifest_uri} lists {path!r}, an unsafe path outside the run; refusing to "
+            "read it."
+        ) from None
+
+
+def _committed_units_below(loc: storage.Location, limit: int = 5) -> list[str]:
+    """Up to ``limit`` child directories of ``loc`` that hold a manifest (for error hints)."""
+    if not storage.exists(loc):
+        return []
+    with storage.storage_errors(loc, "listing"):
+        children = loc.filesystem.get_file_info(pafs.FileSelector(loc.path))
+    dirs = sorted(c.base_name for c in children if c.type == pafs.FileType.Directory)[:50]
+    return [loc.join(d).uri for d in dirs if storage.exists(loc.join(d, MANIFEST_FILE))][:limit]
+
+
 def read_committed(
     uri: str | storage.Location,
     *,
     include_rejected: bool = False,
     columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    """Read exactly the files a unit's manifest lists.
+    """Read exactly the files a unit's manifest lists (see :func:`committed_parts`).
 
     Parameters
     ----------
@@ -391,17 +449,9 @@ def read_committed(
     """
     unit = uri if isinstance(uri, storage.Location) else storage.resolve(uri)
     for attempt_no in range(2):
-        manifest = read_manifest(unit)
-        if manifest is None:
-            raise TellDataError(
-                f"{unit.uri} is not a committed assignment: it has no {MANIFEST_FILE} manifest "
-                "(the run has not finished, or failed). Re-run 'tell assign' with this run id."
-            )
-        listed = list(manifest["files"])
-        if include_rejected:
-            listed += manifest["rejected_files"]
+        manifest, parts = committed_parts(unit, include_rejected=include_rejected)
         try:
-            tables = [_read_part(unit, f["path"], columns) for f in listed]
+            tables = [_read_part(loc, columns) for loc, _ in parts]
         except _Vanished:
             if attempt_no == 0 and (read_manifest(unit) or {}).get("attempt") != manifest.get(
                 "attempt"
@@ -412,7 +462,7 @@ def read_committed(
                 "damaged: re-run the assignment."
             ) from None
         break
-    expected = sum(int(f["rows"]) for f in listed)
+    expected = sum(rows for _, rows in parts)
     if not tables:
         return pa.table({name: pa.array([], pa.null()) for name in (columns or [])})
     table = pa.concat_tables(tables, promote_options="default")
@@ -430,8 +480,7 @@ class _Vanished(Exception):
     """A listed file disappeared (the unit was replaced while being read)."""
 
 
-def _read_part(unit: storage.Location, rel: str, columns: Sequence[str] | None) -> pa.Table:
-    loc = unit.join(rel)
+def _read_part(loc: storage.Location, columns: Sequence[str] | None) -> pa.Table:
     with storage.storage_errors(loc, "reading"):
         try:
             with loc.filesystem.open_input_file(loc.path) as f:

@@ -1,16 +1,20 @@
 """``tell evaluate``: ACC/NMI/ARI, inertia and cluster sizes of a committed assignment run.
 
 Only committed runs are read (a directory with a ``_SUCCESS`` manifest), and only the files
-the manifest lists when it lists them. Labels come from a label column passed through to
-the assignments, or from the input data joined on the id column. The assignments are
-streamed file by file into a (clusters x labels) contingency table, so memory does not grow
-with the number of assignment rows; the join keeps the data's (id, label) columns in memory.
+the manifest lists (:func:`jobs.commit.committed_parts`, the reader ``tell assign`` commits
+for), each checked against the row count the manifest records. Labels come from a label
+column passed through to the assignments, or from the input data joined on the id column.
+The assignments are streamed file by file into a (clusters x labels) contingency table, so
+memory does not grow with the number of assignment rows; the join keeps the data's
+(id, label) columns in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import storage
-from jobs.committed import committed_files, read_manifest, reconcile_rows
+from jobs import commit, storage
 from jobs.config import EvaluateJob
 from jobs.contingency import Contingency, scores_from_contingency
 from tell.errors import TellDataError
@@ -60,15 +63,20 @@ def _labels_from_data(job: EvaluateJob) -> pa.Table:
 
 def main(job: EvaluateJob) -> dict[str, Any]:
     """Score a committed assignment run; logs a table and returns the metrics as a dict."""
-    run = storage.resolve(job.assignments)
-    manifest = read_manifest(run, job.assignments)
-    files = committed_files(run, manifest, job.assignments)
+    manifest, parts = commit.committed_parts(storage.resolve(job.assignments))
     labels_table: pa.Table | None = None
     tally = Contingency()
     rows = unmatched = 0
-    for path in files:
-        with run.filesystem.open_input_file(path) as f:
+    for loc, listed_rows in parts:
+        path = loc.uri
+        with _committed_file(loc) as f:
             pf = pq.ParquetFile(f)
+            if pf.metadata.num_rows != listed_rows:
+                raise TellDataError(
+                    f"{path} holds {pf.metadata.num_rows} rows but the manifest of "
+                    f"{job.assignments} records {listed_rows}; the run is damaged: re-run "
+                    "the assignment."
+                )
             names = pf.schema_arrow.names
             for needed in (CLUSTER, DISTANCE):
                 if needed not in names:
@@ -98,10 +106,9 @@ def main(job: EvaluateJob) -> dict[str, Any]:
                     unmatched += int(table["_matched"].null_count)
                 tally.add(table[CLUSTER], table[DISTANCE], table[job.label_column])
                 rows += batch.num_rows
-    reconcile_rows(manifest, rows, job.assignments)
     result = summarize(tally, manifest, job)
     result.update(
-        rows=rows, files=len(files), unmatched_rows=unmatched, unassigned_rows=tally.unassigned
+        rows=rows, files=len(parts), unmatched_rows=unmatched, unassigned_rows=tally.unassigned
     )
     if unmatched:
         logger.warning(
@@ -114,6 +121,20 @@ def main(job: EvaluateJob) -> dict[str, Any]:
     if job.out:
         _write_json(job.out, result)
     return result
+
+
+@contextlib.contextmanager
+def _committed_file(loc: storage.Location) -> Iterator[Any]:
+    """Open a file a manifest lists; a missing one means the run is damaged."""
+    with storage.storage_errors(loc, "reading"):
+        try:
+            with loc.filesystem.open_input_file(loc.path) as f:
+                yield f
+        except FileNotFoundError:
+            raise TellDataError(
+                f"{loc.uri} is listed in its run's manifest but does not exist; the run is "
+                "damaged: re-run the assignment."
+            ) from None
 
 
 def _join(table: pa.Table, labels: pa.Table, job: EvaluateJob) -> pa.Table:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import evaluate, explain, storage
+from jobs import commit, evaluate, explain, storage
 from jobs.config import EvaluateJob, ExplainJob
 from jobs.model_store import save_model
 from tell.encoders import EncoderSpec
@@ -35,13 +35,16 @@ def test_evaluate_joins_labels_and_writes_json_on_s3(s3_bucket):
     assignments = pa.table(
         {"id": ids, "cluster": cluster, "distance": rng.random(n).astype(np.float32)}
     )
+    attempt = commit.start_attempt(run)
+    parts = []
     for i, part in enumerate(np.array_split(np.arange(n), 2)):
-        _put(run.join(f"part-{i}.parquet"), assignments.take(pa.array(part)))
+        writer = commit.PartWriter(attempt, commit.ASSIGNED, f"part-{i}.parquet")
+        writer.write(assignments.take(pa.array(part)))
+        parts.append(writer.close())
     job = EvaluateJob(assignments=run.uri, data=f"{s3_bucket}/data", out=f"{s3_bucket}/eval.json")
-    with pytest.raises(TellDataError, match="not committed"):
-        evaluate.main(job)
-    manifest = {"files": ["part-0.parquet", "part-1.parquet"], "rows": n}
-    storage.write_bytes(run.join("_SUCCESS"), json.dumps(manifest).encode())
+    with pytest.raises(TellDataError, match="not a committed assignment"):
+        evaluate.main(job)  # staged, not yet committed
+    commit.commit(attempt, input_rows=n, parts=parts)
     _put(
         storage.resolve(f"{s3_bucket}/data/part-0.parquet"),
         embeddings_to_table(np.zeros((n, 2)), ids=ids[::-1], labels=y[::-1]),

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import evaluate
+from jobs import commit, evaluate, storage
 from jobs.config import EvaluateJob
 from jobs.contingency import Contingency, scores_from_contingency
 from tell.errors import TellDataError
@@ -32,17 +32,23 @@ def _assignments(seed: int, n: int = N, k: int = K):
     }
 
 
-def _commit(run_dir, columns: dict, n_files: int = 3, manifest: dict | None = None):
-    """A committed run as the assign job writes it: Parquet parts + a _SUCCESS manifest."""
-    run_dir.mkdir(parents=True)
+def _commit(run_dir, columns: dict, n_files: int = 3):
+    """A committed run written the way the assign job writes it (jobs.commit)."""
     table = pa.table(columns)
-    names = []
-    for i, part in enumerate(np.array_split(np.arange(table.num_rows), n_files)):
-        names.append(f"part-{i:05d}.parquet")
-        pq.write_table(table.take(pa.array(part)), run_dir / names[-1])
-    body = {"files": names, "rows": table.num_rows} if manifest is None else manifest
-    (run_dir / "_SUCCESS").write_text(json.dumps(body))
+    attempt = commit.start_attempt(storage.resolve(str(run_dir)))
+    parts = []
+    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), n_files)):
+        writer = commit.PartWriter(attempt, commit.ASSIGNED, f"part-{i:05d}.parquet")
+        writer.write(table.take(pa.array(rows)))
+        parts.append(writer.close())
+    commit.commit(attempt, input_rows=table.num_rows, parts=parts, metadata={"n_clusters": K})
     return run_dir
+
+
+def _edit_manifest(run_dir, edit) -> None:
+    path = run_dir / commit.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(manifest)))
 
 
 def test_passed_through_labels_give_the_in_memory_scores(tmp_path):
@@ -85,13 +91,13 @@ def test_labels_are_joined_from_the_input_data_by_id(tmp_path):
 def test_a_run_without_success_manifest_is_not_committed(tmp_path):
     run = _commit(tmp_path / "run", _assignments(2))
     (run / "_SUCCESS").unlink()
-    with pytest.raises(TellDataError, match="not committed: no _SUCCESS"):
+    with pytest.raises(TellDataError, match="not a committed assignment: it has no _SUCCESS"):
         evaluate.main(EvaluateJob(assignments=str(run)))
 
 
 def test_the_parent_of_committed_runs_is_refused_with_a_hint(tmp_path):
     _commit(tmp_path / "out" / "run-7", _assignments(2))
-    with pytest.raises(TellDataError, match=r"not committed.*Committed runs below it: \[.*run-7"):
+    with pytest.raises(TellDataError, match=r"not a committed.*Committed runs below it: \[.*run-7"):
         evaluate.main(EvaluateJob(assignments=str(tmp_path / "out")))
 
 
@@ -103,17 +109,27 @@ def test_only_the_files_the_manifest_lists_are_read(tmp_path):
     assert evaluate.main(EvaluateJob(assignments=str(run)))["rows"] == N
 
 
+def _drop_first_file(m):
+    first = m["files"][0]["path"]
+    return {**m, "files": [*m["files"], {"path": first.replace("00000", "09999"), "rows": 1}]}
+
+
 @pytest.mark.parametrize(
-    ("manifest", "match"),
+    ("edit", "match"),
     [
-        ({"files": ["part-00000.parquet", "gone.parquet"]}, "lists 1 file"),
-        ({"rows": N + 1}, f"records {N + 1} rows but its files hold {N}"),
-        ([1, 2], "must be a JSON object"),
-        ({"files": [{"size": 3}]}, "malformed 'files' list"),
+        (_drop_first_file, "listed in its run's manifest but does not exist"),
+        (lambda m: {**m, "files": [{**m["files"][0], "rows": 7}, *m["files"][1:]]},
+         "holds 100 rows but the manifest of .* records 7"),
+        (lambda m: [1, 2], "not a tell assignment manifest"),
+        (lambda m: {**m, "format": "spark"}, "not a tell assignment manifest"),
+        (lambda m: {**m, "files": [{"size": 3}]}, "malformed file entry"),
+        (lambda m: {**m, "files": [{"path": "../other/part.parquet", "rows": 3}]},
+         "unsafe path outside the run"),
     ],
-)
-def test_damaged_runs_are_refused(tmp_path, manifest, match):
-    run = _commit(tmp_path / "run", _assignments(4), manifest=manifest)
+)  # fmt: skip
+def test_damaged_runs_are_refused(tmp_path, edit, match):
+    run = _commit(tmp_path / "run", _assignments(4))
+    _edit_manifest(run, edit)
     with pytest.raises(TellDataError, match=match):
         evaluate.main(EvaluateJob(assignments=str(run)))
 
