@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any
 
-from jobs.config import job_fields, load_job
+from jobs.config import CHOICES, job_fields, load_job, required_keys
 from tell import errors as tell_errors
 from tell.errors import TellError
 
@@ -27,10 +27,24 @@ COMMANDS = {
     "assign": "Assign every row to a cluster (exactly once) and write the result to storage.",
     "evaluate": "ACC/NMI/ARI/inertia/size table of committed assignments against labels.",
     "explain": "Write a self-contained HTML report explaining a model on a data set.",
-    "demo": "Run the whole pipeline locally on bundled data: train, assign, evaluate, explain.",
+    "demo": "Run the whole pipeline locally on bundled data: train, assign, evaluate, explain; "
+    "ends with where everything went and the ACC/NMI/ARI table.",
 }
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+
+
+def _help(name: str, doc: str, default: Any, required: bool) -> str:
+    """A flag's help: its description, the allowed values, then required or the default."""
+    text = doc  # every key has one (tests/unit/test_cli_config_errors.py checks)
+    choices = CHOICES.get(name)
+    if choices and not all(f'"{c}"' in text for c in choices):
+        text += f" One of: {', '.join(choices)}."
+    if required:
+        return f"{text} (required)".strip()
+    if isinstance(default, tuple):
+        default = " ".join(map(str, default))
+    return (text + ("" if default in (None, "") else f" (default: {default})")).strip()
 
 
 def _flag_kwargs(annotation: Any, default: Any) -> dict[str, Any]:
@@ -64,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, text in COMMANDS.items():
-        p = sub.add_parser(command, help=text, description=text)
+        required = required_keys(command)
+        description = text
+        if required:
+            flags = ", ".join("--" + key.replace("_", "-") for key in required)
+            description += f" Required: {flags} (as flags or keys of --config)."
+        p = sub.add_parser(command, help=text, description=description)
         p.add_argument("--config", metavar="FILE", help="YAML file with this job's keys")
         # SUPPRESS: without --debug here, the value of 'tell --debug COMMAND' stands.
         p.add_argument(
@@ -74,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
             flags = ["--" + name.replace("_", "-")]
             if name == "id_columns":
                 flags.append("--id-column")
-            shown = "" if default in (None, "") else f" (default: {default})"
+            kwargs = _flag_kwargs(annotation, default)
+            if name in CHOICES:
+                kwargs["metavar"] = "{" + ",".join(CHOICES[name]) + "}"
             p.add_argument(
                 *flags,
                 dest=name,
                 default=None,
-                help=(doc or name) + shown,
-                **_flag_kwargs(annotation, default),
+                help=_help(name, doc, default, name in required),
+                **kwargs,
             )
     return parser
 
@@ -152,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
-    if result is not None:
+    # A job that prints its own report (the demo's table) ends with it; the others print
+    # their summary as JSON for scripts.
+    if result is not None and not getattr(module, "PRINTS_REPORT", False):
         print(json.dumps(result, indent=2, default=str))
     return 0
 

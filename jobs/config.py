@@ -14,12 +14,15 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from tell.config import TrainConfig, check_choice, check_range, from_mapping
+from tell.encoders import ENCODERS
+from tell.engine import OPTIMIZERS
 from tell.errors import TellConfigError
+from tell.init import INITS
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 
@@ -34,6 +37,15 @@ def check_run_id(name: str, value: str) -> None:
 
 
 MATERIALIZE = ("auto", "always", "never")
+DATASETS = ("auto", "digits", "mnist")
+# Keys whose value is one of a fixed set (shown in --help; checked by each class).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "materialize": MATERIALIZE,
+    "dataset": DATASETS,
+    "encoder": tuple(ENCODERS),
+    "optimizer": tuple(OPTIMIZERS),
+    "init": tuple(INITS),
+}
 
 
 @dataclass(frozen=True)
@@ -41,17 +53,28 @@ class Resources:
     """Compute settings shared by the Ray jobs.
 
     workers : number of Ray workers (training processes or inference actors).
-    gpus_per_worker : GPUs per worker (0: CPU; fractions share a GPU).
+    gpus_per_worker : GPUs per worker (0: CPU; a fraction below 1 shares a GPU; above 1,
+        a whole number).
     cpus_per_worker : CPUs reserved per worker (fractions leave room for Ray Data's readers).
     """
+
+    # Keys without a usable default: refused when missing or empty, marked in --help.
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
 
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5
 
     def __post_init__(self) -> None:
+        _require_all(self)
         check_range("workers", self.workers, low=1)
         check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            # Ray schedules fractions of one GPU, or whole GPUs; never 1.5.
+            raise TellConfigError(
+                f"The 'gpus_per_worker' must be a fraction below 1 or a whole number. "
+                f"Got {self.gpus_per_worker!r}."
+            )
         check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_open=True)
 
 
@@ -69,6 +92,8 @@ class TrainJob(Resources):
         files every epoch).
     """
 
+    REQUIRED: ClassVar[tuple[str, ...]] = ("data", "out")
+
     data: str = ""
     out: str = ""
     column: str = "embedding"
@@ -78,8 +103,7 @@ class TrainJob(Resources):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require("data", self.data)
-        _require("out", self.out)
+        _not_empty("column", self.column)
         check_run_id("name", self.name)
         check_range("max_failures", self.max_failures, low=0)
         check_choice("materialize", self.materialize, MATERIALIZE)
@@ -101,6 +125,8 @@ class AssignJob(Resources):
     incremental : with hive-partitioned input, assign only partitions with no committed output.
     """
 
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
+
     model: str = ""
     data: str = ""
     out: str = ""
@@ -113,8 +139,16 @@ class AssignJob(Resources):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("model", "data", "out"):
-            _require(key, getattr(self, key))
+        _not_empty("column", self.column)
+        if not self.id_columns:
+            raise TellConfigError(
+                "The 'id_columns' must name at least one column (flag --id-column), so every "
+                "assigned row can be traced back to its input row."
+            )
+        for name in self.id_columns:
+            _not_empty("id_columns", name)
+        if len(set(self.id_columns)) != len(self.id_columns):
+            raise TellConfigError(f"The 'id_columns' repeat a column: {list(self.id_columns)}.")
         if self.run_id is not None:
             check_run_id("run_id", self.run_id)
         check_range("batch_size", self.batch_size, low=1)
@@ -130,8 +164,10 @@ class EvaluateJob:
         the label column was passed through to the assignments.
     label_column : name of the ground-truth label column.
     id_column : column joining assignments to the input rows.
-    out : optional path of a JSON file for the metrics.
+    out : optional path of a JSON file for the metrics (local or s3://bucket/key).
     """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("assignments",)
 
     assignments: str = ""
     data: str | None = None
@@ -140,7 +176,16 @@ class EvaluateJob:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        _require("assignments", self.assignments)
+        _require_all(self)
+        _not_empty("label_column", self.label_column)
+        _not_empty("id_column", self.id_column)
+        if self.label_column == self.id_column:
+            raise TellConfigError(
+                f"The 'label_column' and the 'id_column' must differ; both are "
+                f"{self.label_column!r}."
+            )
+        if self.out is not None:
+            _not_empty("out", self.out)
 
 
 @dataclass(frozen=True)
@@ -149,12 +194,14 @@ class ExplainJob:
 
     model : URI of a trained model directory.
     data : URI of the Parquet data to explain (a sample is drawn).
-    out : local directory for report.html.
+    out : directory for report.html (local directory or s3://bucket/prefix).
     column : name of the feature column.
     label_column : optional ground-truth column for per-cluster metrics.
     text_column : optional text column shown for the nearest rows of each center.
     sample_rows : rows drawn for the plots.
     """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
 
     model: str = ""
     data: str = ""
@@ -165,8 +212,11 @@ class ExplainJob:
     sample_rows: int = 5000
 
     def __post_init__(self) -> None:
-        for key in ("model", "data", "out"):
-            _require(key, getattr(self, key))
+        _require_all(self)
+        _not_empty("column", self.column)
+        for key in ("label_column", "text_column"):
+            if getattr(self, key) is not None:
+                _not_empty(key, getattr(self, key))
         check_range("sample_rows", self.sample_rows, low=1)
 
 
@@ -174,8 +224,9 @@ class ExplainJob:
 class DemoJob(Resources):
     """``tell demo``: the whole pipeline on bundled data, locally.
 
-    dataset : "digits" (ships with scikit-learn), "mnist" (when cached) or "auto".
-    workdir : local directory used as the object store.
+    dataset : "digits" (ships with scikit-learn), "mnist" (when cached) or "auto" (mnist
+        when cached, else digits).
+    workdir : local directory used as the object store (data, model, assignments, report).
     epochs : training epochs.
     workers : training workers.
     """
@@ -187,9 +238,12 @@ class DemoJob(Resources):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dataset not in ("auto", "digits", "mnist"):
+        check_choice("dataset", self.dataset, DATASETS)
+        _not_empty("workdir", self.workdir)
+        if "://" in self.workdir:
             raise TellConfigError(
-                f"The 'dataset' must be one of ['auto', 'digits', 'mnist']. Got {self.dataset!r}."
+                f"The 'workdir' must be a local directory (the demo runs offline). "
+                f"Got {self.workdir!r}."
             )
         check_range("epochs", self.epochs, low=1)
 
@@ -206,6 +260,22 @@ JOBS: dict[str, type] = {
 def _require(key: str, value: str) -> None:
     if not value:
         raise TellConfigError(f"The {key!r} key is required (flag --{key.replace('_', '-')}).")
+
+
+def _require_all(job: Any) -> None:
+    for key in type(job).REQUIRED:
+        _require(key, getattr(job, key))
+
+
+def _not_empty(key: str, value: str) -> None:
+    if not value.strip():
+        raise TellConfigError(f"The {key!r} must be a non-empty column or path. Got {value!r}.")
+
+
+def required_keys(kind: str) -> tuple[str, ...]:
+    """Keys a ``kind`` job cannot run without (its class's REQUIRED, and ``k`` for train)."""
+    extra = ("k",) if kind == "train" else ()
+    return JOBS[kind].REQUIRED + extra
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -246,6 +316,12 @@ def build_job(kind: str, values: dict[str, Any]) -> Any:
         )
     job = from_mapping(TrainJob, {k: v for k, v in values.items() if k in job_keys}, where)
     model = from_mapping(TrainConfig, {k: v for k, v in values.items() if k in model_keys}, where)
+    if model.init_sample_rows < model.k:
+        # The centers are initialised from this sample (k-means++ picks k of its rows).
+        raise TellConfigError(
+            f"The 'init_sample_rows' ({model.init_sample_rows}) must be at least 'k' "
+            f"({model.k}): the k initial centers are drawn from that sample."
+        )
     return job, model
 
 

@@ -2,11 +2,14 @@
 
 A local Ray cluster, a local directory as the object store, scikit-learn's digits (or MNIST
 when its tarball is cached) written as Parquet; then distributed train -> batch assign ->
-evaluate -> explain, printing where everything went and the metrics table.
+evaluate -> explain, logging progress on stderr. It ends by printing where everything went
+and the metrics table, the last lines on stdout (the same summary, as JSON, goes to
+``<workdir>/summary.json``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -21,6 +24,8 @@ from tell.io import write_parquet_files
 logger = logging.getLogger("tell.demo")
 
 RUN_ID = "demo"
+# The CLI prints no JSON after this job: its table is the last thing on stdout.
+PRINTS_REPORT = True
 
 
 def _dataset(choice: str) -> Dataset:
@@ -87,18 +92,23 @@ def main(job: DemoJob) -> dict[str, Any]:
             label_column="label",
         ),
     )
+    summary_path = root / "summary.json"
     summary = {
         "data": str(data_dir),
         "model": trained["model"],
         "assignments": assigned["run"],
         "report": explained["report"],
+        "summary": str(summary_path),
         "metrics": {k: evaluated[k] for k in ("acc", "nmi", "ari", "inertia") if k in evaluated},
     }
+    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = [
+        "",
         f"data        {summary['data']} ({data.n_samples} rows, {data.n_classes} classes)",
         f"model       {summary['model']}",
         f"assignments {summary['assignments']}",
         f"report      {summary['report']}",
+        f"summary     {summary['summary']}",
         "",
         "metric  value",
         *(f"{k:<7} {v:.4f}" for k, v in summary["metrics"].items()),

@@ -4,12 +4,16 @@
 opened in headless Chromium (Debian ``chromium``) with name resolution disabled, so an image
 that needed the network would fail to load. A script injected into a copy of the page
 records every image's natural size after the load event; ``--dump-dom`` returns it.
+
+Without Chromium the browser tests skip, unless ``TELL_REQUIRE_BROWSER=1`` (CI sets it in
+``.ci/run``): then they fail, so CI cannot pass without having rendered the report.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +33,7 @@ from tell.model import TELLNet
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REQUIRE_BROWSER = os.environ.get("TELL_REQUIRE_BROWSER") == "1"
 _CHECK = """<script>
 window.addEventListener("load", () => {
   const out = document.createElement("pre");
@@ -61,6 +66,17 @@ def _chromium(user_dir, *args: str) -> str:
     return done.stdout
 
 
+@pytest.fixture
+def chromium():
+    """The Chromium executable; skip without it, or fail when TELL_REQUIRE_BROWSER=1."""
+    if CHROMIUM is None:
+        message = "Debian chromium is not installed (scripts/setup.sh installs it as root)"
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{message}, and TELL_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(message)
+    return CHROMIUM
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """report.html of `tell explain` on 400 digits with a model whose centers are class means."""
@@ -88,8 +104,7 @@ def report(tmp_path_factory):
     return root, summary["report"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
-def test_every_image_of_the_report_loads_in_chromium(report):
+def test_every_image_of_the_report_loads_in_chromium(chromium, report):
     root, path = report
     page = open(path, encoding="utf-8").read()
     expected = page.count("<img ")
@@ -108,8 +123,7 @@ def test_every_image_of_the_report_loads_in_chromium(report):
         assert image["complete"] and image["width"] > 0 and image["height"] > 0, image
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
-def test_the_report_renders_to_a_non_blank_screenshot(report):
+def test_the_report_renders_to_a_non_blank_screenshot(chromium, report):
     from matplotlib.image import imread
 
     root, path = report

@@ -7,11 +7,14 @@ The same promises through real subprocesses and storage: tests/integration/test_
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 
 import pytest
 
 from jobs import cli
+from jobs.config import load_job
 from tell.errors import TellCheckpointError, TellConfigError, TellDataError, TellError
 
 _IO = "data: d\nout: o\n"  # the train job's required keys, for cases about another key
@@ -47,6 +50,61 @@ YAML_CASES = [
     ("flag-overrides-file", "train", _IO + "k: 3\n", ["--k", "1"], r"'k' must be in \[2, inf\]"),
 ]
 
+_ASSIGN = "model: m\ndata: d\nout: o\n"
+_EXPLAIN = "model: m\ndata: d\nout: o\n"
+_FRACTION = r"'gpus_per_worker' must be a fraction below 1 or a whole number\. Got 1\.5"
+# Values of the right type that no job can run with.
+IMPOSSIBLE_CASES = [
+    ("evaluate-label-empty", "evaluate", "assignments: a\nlabel_column: ''\n", [],
+     r"'label_column' must be a non-empty column"),
+    ("evaluate-label-blank-flag", "evaluate", "", ["--assignments", "a", "--label-column", " "],
+     r"'label_column' must be a non-empty column"),
+    ("evaluate-id-empty", "evaluate", "assignments: a\nid_column: ''\n", [], r"'id_column'"),
+    ("evaluate-label-is-id", "evaluate", "assignments: a\nlabel_column: id\n", [],
+     r"'label_column' and the 'id_column' must differ; both are 'id'"),
+    ("evaluate-label-is-id-flags", "evaluate", "assignments: a\n",
+     ["--label-column", "key", "--id-column", "key"], r"'label_column' and the 'id_column'"),
+    ("evaluate-out-empty", "evaluate", "assignments: a\nout: ''\n", [], r"'out' must be"),
+    ("explain-label-empty", "explain", _EXPLAIN + "label_column: ''\n", [],
+     r"'label_column' must be a non-empty column"),
+    ("explain-text-empty", "explain", _EXPLAIN + "text_column: ''\n", [], r"'text_column'"),
+    ("explain-column-empty", "explain", _EXPLAIN + "column: ''\n", [], r"'column' must be"),
+    ("assign-id-columns-empty", "assign", _ASSIGN + "id_columns: []\n", [],
+     r"'id_columns' must name at least one column"),
+    ("assign-id-columns-blank", "assign", _ASSIGN + "id_columns: [id, '']\n", [],
+     r"'id_columns' must be a non-empty column"),
+    ("assign-id-columns-repeat", "assign", _ASSIGN + "id_columns: [id, id]\n", [],
+     r"'id_columns' repeat a column"),
+    ("assign-column-empty", "assign", _ASSIGN + "column: ''\n", [], r"'column' must be"),
+    ("train-column-empty", "train", _IO + "k: 3\ncolumn: ''\n", [], r"'column' must be"),
+    ("train-gpus-1.5", "train", _IO + "k: 3\ngpus_per_worker: 1.5\n", [], _FRACTION),
+    ("assign-gpus-1.5", "assign", _ASSIGN, ["--gpus-per-worker", "1.5"], _FRACTION),
+    ("train-gpus-negative", "train", _IO + "k: 3\ngpus_per_worker: -1\n", [],
+     r"'gpus_per_worker' must be in \[0\.0, inf\]"),
+    ("train-sample-below-k", "train", _IO + "k: 10\ninit_sample_rows: 5\n", [],
+     r"'init_sample_rows' \(5\) must be at least 'k' \(10\)"),
+    ("train-sample-below-k-flag", "train", _IO + "init_sample_rows: 100\n", ["--k", "1024"],
+     r"'init_sample_rows' \(100\) must be at least 'k' \(1024\)"),
+    ("train-materialize", "train", _IO + "k: 3\nmaterialize: sometimes\n", [],
+     r"'materialize' must be one of \['auto', 'always', 'never'\]"),
+]  # fmt: skip
+
+# tell demo: every key has a default, so an empty file is valid (checked below).
+DEMO_CASES = [
+    ("demo-unknown-key", "demo", "datasets: digits\n", [], r"Unknown key 'datasets'"),
+    ("demo-dataset", "demo", "dataset: cifar\n", [],
+     r"'dataset' must be one of \['auto', 'digits', 'mnist'\]\. Got 'cifar'"),
+    ("demo-dataset-flag", "demo", "", ["--dataset", "imagenet"], r"'dataset' must be one of"),
+    ("demo-epochs-0", "demo", "epochs: 0\n", [], r"'epochs' must be in \[1, inf\]"),
+    ("demo-epochs-type", "demo", "epochs: many\n", [], r"'epochs' must be an integer"),
+    ("demo-workers-0", "demo", "", ["--workers", "0"], r"'workers' must be in \[1, inf\]"),
+    ("demo-cpus-0", "demo", "cpus_per_worker: 0\n", [], r"'cpus_per_worker' must be in \(0"),
+    ("demo-gpus-1.5", "demo", "gpus_per_worker: 1.5\n", [], _FRACTION),
+    ("demo-workdir-empty", "demo", "workdir: ''\n", [], r"'workdir' must be a non-empty"),
+    ("demo-workdir-s3", "demo", "", ["--workdir", "s3://bucket/demo"],
+     r"'workdir' must be a local directory .* Got 's3://bucket/demo'"),
+]  # fmt: skip
+
 _TRAVERSAL = ["../x", "a/../../b", "..", "/etc/cron.d/x", "a/b", ".hidden", "a\\b", "x" * 129, ""]
 TRAVERSAL_CASES = [
     *[("train", "name", value) for value in _TRAVERSAL],
@@ -73,7 +131,7 @@ def _one_error_line(err: str, command: str) -> str:
 
 @pytest.mark.parametrize(
     ("command", "text", "flags", "pattern"),
-    [pytest.param(*case[1:], id=case[0]) for case in YAML_CASES],
+    [pytest.param(*case[1:], id=case[0]) for case in YAML_CASES + IMPOSSIBLE_CASES + DEMO_CASES],
 )
 def test_bad_yaml_config_is_one_line_naming_the_key(
     tmp_path, capsys, command, text, flags, pattern
@@ -85,6 +143,24 @@ def test_bad_yaml_config_is_one_line_naming_the_key(
     assert out == ""
     line = _one_error_line(err, command)
     assert re.search(pattern, line), line
+
+
+@pytest.mark.parametrize(
+    ("command", "values"),
+    [
+        ("train", {"data": "d", "out": "o", "k": 10, "init_sample_rows": 10}),
+        ("train", {"data": "d", "out": "o", "k": 3, "gpus_per_worker": 0.5}),
+        ("train", {"data": "d", "out": "o", "k": 3, "gpus_per_worker": 2}),
+        ("assign", {"model": "m", "data": "d", "out": "o", "gpus_per_worker": 1.0}),
+        ("assign", {"model": "m", "data": "d", "out": "o", "id_columns": ["id", "dt"]}),
+        ("evaluate", {"assignments": "a", "label_column": "y", "id_column": "key"}),
+        ("explain", {"model": "m", "data": "d", "out": "s3://b/r", "label_column": "label"}),
+        ("demo", {}),
+        ("demo", {"dataset": "digits", "workdir": "w", "epochs": 1, "workers": 1}),
+    ],
+)
+def test_possible_values_next_to_the_impossible_ones_load(command, values):
+    assert load_job(command, None, values) is not None
 
 
 def test_missing_config_file(tmp_path, capsys):
@@ -234,3 +310,116 @@ def test_user_error_from_ray_data_traceback_text():
     assert cli._user_error(remote("tell.errors.NoSuchError: x\ntell.errors.TellError: y")).args == (
         "y",
     )
+
+
+# ---------------------------------------------------------------- help
+
+# What each job cannot run without, written out here (not taken from the code that makes
+# the help), and checked against the jobs' behaviour below.
+MINIMAL_CONFIGS = {
+    "train": {"data": "d", "out": "o", "k": 3},
+    "assign": {"model": "m", "data": "d", "out": "o"},
+    "evaluate": {"assignments": "a"},
+    "explain": {"model": "m", "data": "d", "out": "o"},
+    "demo": {},
+}
+ENUMERATED_KEYS = {
+    "train": ["materialize", "encoder", "optimizer", "init"],
+    "demo": ["dataset"],
+}
+
+
+def _sub_parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _flag_help(command: str) -> dict[str, str]:
+    """--flag -> its help text, for every option of ``tell <command>``."""
+    out = {}
+    for action in _sub_parsers()[command]._actions:
+        for flag in action.option_strings:
+            out[flag] = action.help or ""
+    return out
+
+
+def test_the_minimal_configs_are_exactly_the_required_keys():
+    """Each minimal config loads; without any one of its keys the job refuses, naming it."""
+    assert set(MINIMAL_CONFIGS) == set(cli.COMMANDS)
+    for command, values in MINIMAL_CONFIGS.items():
+        assert load_job(command, None, dict(values)) is not None
+        for key in values:
+            rest = {k: v for k, v in values.items() if k != key}
+            with pytest.raises(TellConfigError, match=f"'{key}'"):
+                load_job(command, None, rest)
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_flag_has_a_description_and_required_ones_say_so(command):
+    helps = _flag_help(command)
+    assert {"-h", "--config", "--debug"} <= set(helps)
+    for flag, text in helps.items():
+        description = re.sub(r"\s*\((default: .*|required)\)$", "", text.strip(), flags=re.S)
+        assert len(description) > 3, f"tell {command} {flag} has no description: {text!r}"
+    required = {"--" + key.replace("_", "-") for key in MINIMAL_CONFIGS[command]}
+    for flag, text in helps.items():
+        assert ("(required)" in text) == (flag in required), f"tell {command} {flag}: {text!r}"
+    page = _sub_parsers()[command].format_help()
+    for flag in required:
+        assert flag in page.split("options:")[0], f"the description lists {flag} as required"
+    assert page.count("(required)") == len(required)
+
+
+@pytest.mark.parametrize(
+    ("command", "key"), [(c, k) for c, keys in ENUMERATED_KEYS.items() for k in keys]
+)
+def test_enumerated_keys_list_their_allowed_values(command, key):
+    """The values listed in --help are the ones the job accepts (taken from its error)."""
+    values = {**MINIMAL_CONFIGS[command], key: "not-a-valid-value"}
+    with pytest.raises(TellConfigError, match=f"'{key}' must be one of") as refused:
+        load_job(command, None, values)
+    allowed = re.search(r"must be one of (\[.*?\])", str(refused.value)).group(1)
+    allowed = json.loads(allowed.replace("'", '"'))
+    text = _flag_help(command)["--" + key.replace("_", "-")]
+    missing = [value for value in allowed if value not in text]
+    assert not missing, f"tell {command} --{key} help lacks {missing}: {text!r}"
+    for value in allowed:  # and each is accepted
+        extra = {"image_shape": [8, 8, 1]} if value == "conv" else {}
+        assert load_job(command, None, {**MINIMAL_CONFIGS[command], key: value, **extra})
+
+
+def test_explain_out_help_matches_what_it_accepts():
+    text = _flag_help("explain")["--out"]
+    assert "s3://" in text and "local directory for" not in text
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    page = capsys.readouterr().out
+    for command, text in cli.COMMANDS.items():
+        assert command in page and text.split(":")[0] in " ".join(page.split())
+
+
+# ---------------------------------------------------------------- what a command prints
+
+
+def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, capsys):
+    """The demo's table is the last thing on stdout (no JSON after it); the others' JSON stays."""
+    import jobs.demo
+    import jobs.evaluate
+
+    table = "model       /w/store/model\n\nmetric  value\nacc     0.9000"
+
+    def fake_demo(job):
+        print(table)
+        return {"model": "/w/store/model", "metrics": {"acc": 0.9}}
+
+    monkeypatch.setattr(jobs.demo, "main", fake_demo)
+    monkeypatch.setattr(jobs.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
+    code, out, _ = _run(["demo", "--workdir", "w"], capsys)
+    assert code == 0 and out == table + "\n"
+    code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)
+    assert code == 0 and json.loads(out) == {"acc": 0.5, "n_rows": 3}
