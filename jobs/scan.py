@@ -15,8 +15,10 @@ a Ray Data materialize.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -108,25 +110,35 @@ def scan_input(info: InputInfo, sample_rows: int, seed: int, keep: bool) -> Scan
 
     fraction = min(1.0, 1.2 * sample_rows / info.num_rows + 1e-9)
     task = ray.remote(scan_file).options(num_cpus=1, num_returns="streaming")
-    generators = [
-        task.remote(info.location, path, i, info.column, info.dim, fraction, seed, keep)
-        for i, path in enumerate(info.files)
-    ]
-    rows = bad = 0
+    files = iter(enumerate(info.files))
+    # A bounded window of tasks in flight: a million-file input is not a million pending
+    # tasks, and results are consumed in file order as they arrive.
+    window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: deque[Any] = deque()
+
+    def submit() -> None:
+        for i, path in itertools.islice(files, window - len(pending)):
+            pending.append(
+                task.remote(info.location, path, i, info.column, info.dim, fraction, seed, keep)
+            )
+
+    rows = bad = done = 0
     reason = ""
     parts: list[np.ndarray] = []
     blocks: list[Any] = []
     last_log = time.monotonic()
-    for done, generator in enumerate(generators, start=1):
-        refs = list(generator)
+    submit()
+    while pending:
+        refs = list(pending.popleft())
+        submit()
         stats: FileStats = ray.get(refs[-1])
         blocks += refs[:-1]
-        rows, bad = rows + stats.rows, bad + stats.bad_rows
+        rows, bad, done = rows + stats.rows, bad + stats.bad_rows, done + 1
         reason = reason or stats.first_reason
         parts.append(stats.sample)
         if time.monotonic() - last_log > _PROGRESS_EVERY_S:
             last_log = time.monotonic()
-            logger.info("scanned %d of %d files (%d rows)", done, len(generators), rows)
+            logger.info("scanned %d of %d files (%d rows)", done, len(info.files), rows)
     sample = np.concatenate(parts) if parts else np.zeros((0, info.dim), np.float32)
     if len(sample) > sample_rows:
         rng = np.random.default_rng(seed)

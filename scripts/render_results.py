@@ -43,10 +43,23 @@ def _quality(data: dict) -> list[str]:
     if isinstance(goal, dict) and "goal" in goal and not str(goal["goal"]).startswith("none"):
         met = goal.get("met")
         verdict = {True: "met", False: "not met"}.get(met) if isinstance(met, bool) else None
-        if verdict is None:  # per-encoder verdicts
-            verdict = json.dumps(goal.get("met_by_mean", "not stated"))
+        if verdict is None:  # per-encoder verdicts: {"identity": {"vs_DATA.md": true}, ...}
+            verdict = _verdicts(goal.get("met_by_mean"))
         lines += ["", f"Goal: {goal['goal']} — **{verdict}**."]
     return lines
+
+
+def _verdicts(by_method: object) -> str:
+    """{"identity": {"vs_DATA.md": true, "vs_measured_kmeans": false}} -> readable text."""
+    if not isinstance(by_method, dict) or not by_method:
+        return "not stated"
+    words = {True: "met", False: "not met"}
+    return "; ".join(
+        f"{method}: "
+        + ", ".join(f"{words.get(ok, ok)} {ref.replace('_', ' ')}" for ref, ok in refs.items())
+        for method, refs in by_method.items()
+        if isinstance(refs, dict)
+    )
 
 
 def _assign(data: dict) -> list[str]:
@@ -132,10 +145,36 @@ def _train(data: dict, source: str = "train.json") -> list[str]:
                 f"{100 * run['acc']:.2f} | {run['total_s']:.1f} | {run['time_vs_faiss']:.2f} | "
                 f"{run['cpu_vs_faiss']:.2f} |"
             )
+        faiss = next((r for r in converge["runs"] if r["method"].startswith("faiss")), None)
+        if faiss:
+            lines += [
+                "",
+                f"In-memory methods are timed to labels of every row (faiss: train "
+                f"{faiss['fit_s']:.1f} s + label {faiss['label_s']:.1f} s); the Ray jobs, "
+                "whose labels come from `tell assign`, against faiss's training time.",
+            ]
         summary = converge.get("summary", {})
         if summary.get("goal"):
             met = ", ".join(summary.get("goal_met_by") or []) or "none"
             lines += ["", f"Goal: {summary['goal']} — met by: {met}."]
+    jobs = data.get("throughput", {}).get("runs", []) + data.get("convergence_jobs", [])
+    if any(run.get("scan_s") is not None for run in jobs):
+        lines += [
+            "",
+            "Where each job's wall time went, s (fixed = Ray Train start-up and shutdown, "
+            "k-means++, checkpoints):",
+            "",
+            "| job | wall | scan | epochs | fixed |",
+            "|---|---|---|---|---|",
+        ]
+        for run in jobs:
+            if run.get("scan_s") is None:
+                continue
+            lines.append(
+                f"| {run['workers']} worker(s), {run['epochs']} epoch(s), batch "
+                f"{run['batch_size']} | {run['job_wall_s']:.1f} | {run['scan_s']:.1f} | "
+                f"{run['epochs_s']:.1f} | {run['fit_s'] - run['epochs_s']:.1f} |"
+            )
     memory_runs = data.get("memory", {}).get("runs", [])
     if memory_runs:
         roles = ("driver", "train worker", "data task")
