@@ -110,13 +110,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     net = TELLNet(spec, cfg.k, cfg.alpha)
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
-    start_epoch, history = 0, []
+    start_epoch, history, resumed_at = 0, [], []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             loaded, meta = checkpoint.load(directory, optimizer=optimizer)
         net.load_state_dict(loaded.state_dict())
         start_epoch, history = int(meta["epoch"]) + 1, list(meta.get("history", []))
+        # the epochs at which this run restarted from a checkpoint (observable resumption)
+        resumed_at = [*meta.get("resumed_at", []), start_epoch]
     model = ray.train.torch.prepare_model(net)
     all_reduce, all_gather = _collectives(world)
     local_batch = max(1, cfg.batch_size // world)
@@ -179,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "epoch": epoch,
                 "metrics": {**metrics, "cluster_sizes": summary["cluster_sizes"]},
                 "history": history,  # every epoch's metrics: older checkpoints are deleted
+                "resumed_at": resumed_at,
             }
             with tempfile.TemporaryDirectory() as directory:
                 checkpoint.save(net, directory, meta, optimizer=optimizer)

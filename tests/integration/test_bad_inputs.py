@@ -262,7 +262,7 @@ LOCAL_CASES = [
     Case("vector-length-differs-from-model", _assign("{model}", "{w6}"),
          r"Column 'embedding' of \S+ has 6 values per row, but model \S+ expects 8"),
     Case("evaluate-uncommitted-run", ("evaluate", "--assignments", "{uncommitted}"),
-         r"are not committed: no _SUCCESS manifest there"),
+         r"is not a committed assignment: it has no _SUCCESS manifest"),
     # config
     Case("unknown-config-key", ("train", "--config", "{cfg_unknown_key}", "--data", "{good}",
                                 "--out", "{out}"), r"Unknown key 'bogus_key' in the train config"),
@@ -314,10 +314,44 @@ S3_CASES = [
     Case("s3-corrupt-parquet-among-good", _train("{s3}/corrupt"),
          r"\S+/corrupt/part-00003\.parquet is not a valid Parquet file", env="s3"),
     Case("s3-empty-dataset-no-rows", _train("{s3}/zero_rows"), r"has no rows", env="s3"),
+    Case("s3-non-numeric-column", _train("{s3}/strings"),
+         r"Column 'embedding' has type string, which is not a numeric feature column", env="s3"),
+    Case("s3-non-numeric-fixed-size-list", _train("{s3}/fsl_strings"),
+         r"Column 'embedding' has type fixed_size_list<element: string>\[8\], which is not a "
+         r"numeric", env="s3"),
+    Case("s3-k-greater-than-rows", _train("{s3}/good", "--k", "500"),
+         r"k=500 is larger than the number of rows in s3://\S+/good \(300\)", env="s3"),
+    Case("s3-vector-length-differs-across-files", _train("{s3}/widths"),
+         r"Column 'embedding' has 8 values per row in \S+/widths/a/\S+ but 6 in "
+         r"\S+/widths/b/\S+; every file must have the same feature width", env="s3"),
+    Case("s3-vector-length-differs-from-model", _assign("{s3}/model", "{s3}/w6"),
+         r"Column 'embedding' of s3://\S+/w6\S* has 6 values per row, but model "
+         r"s3://\S+/model expects 8", env="s3"),
+    Case("s3-run-id-traversal", (*_assign("{s3}/model", "{s3}/good"), "--run-id", "../x"),
+         r"The 'run_id' must be .* '\.\./x'", env="s3"),
+    Case("s3-checkpoint-metadata-disagrees", _assign("{s3}/ckpt_disagree", "{s3}/good"),
+         r"tensor 'cluster\.weight' has shape \(4, 8\) but the metadata implies \(7, 8\)",
+         env="s3"),
+    Case("s3-checkpoint-newer-format", _assign("{s3}/ckpt_newer", "{s3}/good"),
+         r"checkpoint format version 99 is newer than this version of tell supports \(1\)",
+         env="s3"),
     Case("s3-checkpoint-is-pickle", _assign("{s3}/ckpt_pickle", "{s3}/good"),
          r"model\.safetensors is a pickle/torch\.save file", env="s3",
          marker="marker_ckpt-pickle"),
+    Case("s3-checkpoint-is-torch-save", _assign("{s3}/ckpt_torch_save", "{s3}/good"),
+         r"model\.safetensors is a pickle/torch\.save file", env="s3",
+         marker="marker_ckpt-torch-save"),
+    Case("s3-checkpoint-is-protocol-0-pickle",
+         ("explain", "--model", "{s3}/ckpt_pickle_v0", "--data", "{s3}/good", "--out", "{out}"),
+         r"model\.safetensors is not a valid safetensors file", env="s3",
+         marker="marker_ckpt-pickle-v0"),
 ]  # fmt: skip
+
+# The world's inputs the S3 rows (above and through Ray, below) read from the bucket.
+S3_UPLOADS = (
+    "good", "corrupt", "zero_rows", "strings", "fsl_strings", "widths", "w6", "nan", "mixed",
+    "model", "ckpt_disagree", "ckpt_newer", "ckpt_pickle", "ckpt_torch_save", "ckpt_pickle_v0",
+)  # fmt: skip
 
 
 def _params(cases):
@@ -401,7 +435,7 @@ def s3_world(s3_server, world):
     client = s3_server.client()
     bucket = f"tell-bad-inputs-{os.getpid()}"
     client.create_bucket(Bucket=bucket)
-    for name in ("good", "corrupt", "zero_rows", "model", "ckpt_pickle"):
+    for name in S3_UPLOADS:
         local = Path(world[name])
         for path in sorted(local.rglob("*")):
             if path.is_file():
@@ -464,20 +498,22 @@ def test_refused_on_s3(case, s3_outcomes, s3_world, s3_server, world):
 # ---------------------------------------------------------------- rows, through Ray
 
 
-def _ray_env(ray_cluster) -> dict[str, str]:
-    env = _base_env()
+def _ray_env(ray_cluster, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
     env["RAY_ADDRESS"] = ray_cluster.address_info["gcs_address"]
     if os.environ.get("RAY_AUTH_MODE"):  # set by ray.init for the cluster it started
         env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
     return env
 
 
+NAN_ROWS = (
+    r"3 of 300 rows of column 'embedding' in \S+/nan cannot be used for training "
+    r"\(first: non-finite value\)"
+)
+# case id -> (argv, the error line's pattern; None: the run succeeds). "s3-" cases read the
+# world's inputs from the bucket and write under s3://BUCKET/cases/ID/out.
 RAY_CASES = {
-    "train-refuses-nan-inf-rows": (
-        _train("{nan}", "--workers", "1"),
-        r"3 of 300 rows of column 'embedding' in \S+/nan cannot be used for training "
-        r"\(first: non-finite value\)",
-    ),
+    "train-refuses-nan-inf-rows": (_train("{nan}", "--workers", "1"), NAN_ROWS),
     "train-refuses-wrong-length-rows": (
         _train("{ragged}", "--workers", "1"),
         r"2 of 300 rows of column 'embedding' in \S+/ragged cannot be used for training "
@@ -487,23 +523,35 @@ RAY_CASES = {
         _assign("{model}", "{mixed}", "--workers", "1", "--min-rows-per-file", "100"),
         None,
     ),
+    "s3-train-refuses-nan-inf-rows": (_train("{s3}/nan", "--workers", "1"), NAN_ROWS),
+    "s3-assign-quarantines-bad-rows": (
+        _assign("{s3}/model", "{s3}/mixed", "--workers", "1", "--min-rows-per-file", "100"),
+        None,
+    ),
 }
 
 
 @pytest.fixture(scope="module")
-def ray_outcomes(request, ray_cluster, world):
+def ray_outcomes(request, ray_with_s3_credentials, s3_server, s3_world, world, closed_port):
+    """Runs the selected RAY_CASES against one local Ray whose processes hold the S3
+    credentials (like nodes configured with them), so its workers read and write the
+    bucket; local cases run against it too."""
     wanted = {
         item.callspec.params["case_id"]
         for item in request.session.items
         if getattr(item, "originalname", None) == "test_rows_through_ray"
     }
-    env = _ray_env(ray_cluster)
+    s3, _ = s3_world
+    local_env = _ray_env(ray_with_s3_credentials, _base_env())
+    s3_env = _ray_env(ray_with_s3_credentials, _s3_env(s3_server, "s3", closed_port))
 
     def run(case_id: str) -> Outcome:
         cwd = Path(world["root"]) / "cases" / case_id
         cwd.mkdir(parents=True, exist_ok=True)
-        argv = [a.format(**world, out=str(cwd / "out")) for a in RAY_CASES[case_id][0]]
-        return run_cli(argv, env, cwd)
+        on_s3 = case_id.startswith("s3-")
+        out = f"{s3}/cases/{case_id}/out" if on_s3 else str(cwd / "out")
+        argv = [a.format(**world, s3=s3, out=out) for a in RAY_CASES[case_id][0]]
+        return run_cli(argv, s3_env if on_s3 else local_env, cwd)
 
     with ThreadPoolExecutor(2) as pool:
         futures = {case_id: pool.submit(run, case_id) for case_id in RAY_CASES if case_id in wanted}
@@ -511,31 +559,47 @@ def ray_outcomes(request, ray_cluster, world):
 
 
 @pytest.mark.parametrize("case_id", list(RAY_CASES))
-def test_rows_through_ray(case_id, ray_outcomes, world):
+def test_rows_through_ray(case_id, ray_outcomes, world, s3_world):
     from jobs import commit
 
     outcome = ray_outcomes[case_id]
-    out = Path(world["root"]) / "cases" / case_id / "out"
+    cwd = Path(world["root"]) / "cases" / case_id
+    on_s3 = case_id.startswith("s3-")
+    s3, client = s3_world
+    bucket = s3[len("s3://") :]
+    out = f"{s3}/cases/{case_id}/out" if on_s3 else str(cwd / "out")
     lines = outcome.err_lines
     noise = [line for line in lines if not ERROR_LINE.match(line)]
     # Everything else on stderr is a log record (Ray's, or the job's own INFO lines).
     strays = [line for line in noise if not LOG_LINE.match(line)]
     assert "Traceback" not in outcome.err, outcome.err[-3000:]
-    print(f"\n{case_id}: exit {outcome.code} in {outcome.wall_s:.1f} s, {len(noise)} log lines")
-    if case_id.startswith("train"):
+    print(
+        f"\n{case_id}: exit {outcome.code} in {outcome.wall_s:.1f} s, {len(lines)} stderr "
+        f"lines ({len(noise)} log lines)"
+    )
+    if RAY_CASES[case_id][1] is not None:
         assert outcome.code == 2, outcome.err[-3000:]
         errors = [line for line in lines if ERROR_LINE.match(line)]
         assert len(errors) == 1 and errors[0] == lines[-1], outcome.err[-3000:]
         assert re.search(RAY_CASES[case_id][1], errors[0]), errors[0]
+        if on_s3:
+            assert "s3://" in errors[0], errors[0]
         assert strays == [], strays
         # Refused by the scan pass, before the trainer: no run directory, no checkpoint, no model.
-        assert not out.exists() or list(out.rglob("*")) == [], sorted(out.rglob("*"))
+        if on_s3:
+            assert _keys(client, bucket, f"cases/{case_id}/") == []
+        else:
+            assert not Path(out).exists() or list(Path(out).rglob("*")) == []
         return
     assert outcome.code == 0, outcome.err[-3000:]
     assert strays == [], strays
     summary = json.loads(outcome.out)
     assert (summary["rows"], summary["assigned"], summary["rejected"]) == (N_ROWS, N_ROWS - 6, 6)
-    manifest = json.loads((out / "r" / commit.MANIFEST_FILE).read_text())
+    if on_s3:
+        key = f"cases/{case_id}/out/r/{commit.MANIFEST_FILE}"
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    else:
+        manifest = json.loads((Path(out) / "r" / commit.MANIFEST_FILE).read_text())
     assert manifest["rows"] == {"input": N_ROWS, "assigned": N_ROWS - 6, "rejected": 6}
     assert manifest["rejected_reasons"] == {
         "non-finite value": 3,
@@ -543,7 +607,8 @@ def test_rows_through_ray(case_id, ray_outcomes, world):
         "length 9, expected 8": 1,
         "null": 1,
     }
-    table = commit.read_committed(str(out / "r"), include_rejected=True)
+    # (on S3 through the credentials ray_with_s3_credentials put in this process' environment)
+    table = commit.read_committed(f"{out}/r", include_rejected=True)
     assert sorted(table["id"].to_pylist()) == list(range(N_ROWS))  # every row exactly once
     rejected = table.filter(table["reason"].is_valid())
     assert sorted(rejected["id"].to_pylist()) == [3, 10, 99, 150, 200, 251]

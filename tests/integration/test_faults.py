@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -320,9 +321,14 @@ def _through(proxy: FaultProxy, bucket_uri: str):
     return storage.resolve(bucket_uri)
 
 
-def _retry_gaps(proxy: FaultProxy) -> list[float]:
-    times = [entry[0] for entry in proxy.log]
-    return [b - a for a, b in itertools.pairwise(times)]
+def _gaps(proxy: FaultProxy, after_status: int | None = None) -> list[float]:
+    """Seconds between consecutive requests the proxy saw (only those after a request
+    that got ``after_status``, when given)."""
+    return [
+        b[0] - a[0]
+        for a, b in itertools.pairwise(proxy.log)
+        if after_status is None or a[3] == after_status
+    ]
 
 
 @pytest.mark.parametrize(
@@ -334,22 +340,41 @@ def test_transient_errors_are_retried_with_backoff(proxy, s3_bucket, status, cod
     loc = _through(proxy, s3_bucket).join("retry", "object.bin")
     payload = os.urandom(4096)
 
+    # The no-backoff round trip, measured here: the gaps between the requests of clean
+    # writes and reads (PUT; HEAD then GET), the same operations as below without failures.
+    proxy.clear()
+    for _ in range(3):
+        storage.write_bytes(loc, payload)
+        assert storage.read_bytes(loc) == payload
+    assert set(proxy.statuses()) == {200}, proxy.log
+    round_trip = statistics.median(_gaps(proxy))
+
     proxy.clear()
     proxy.fail(2, status, code)
     storage.write_bytes(loc, payload)  # 2 failures, then the upload goes through
     assert proxy.statuses() == [status, status, 200], proxy.log
     assert {entry[1] for entry in proxy.log} == {"PUT"}
-    gaps = _retry_gaps(proxy)
+    waits = _gaps(proxy, after_status=status)
 
     proxy.clear()
     proxy.fail(3, status, code)
     assert storage.read_bytes(loc) == payload
     statuses = proxy.statuses()  # s3fs reads with HEAD, then GET
     assert statuses[:3] == [status] * 3 and set(statuses[3:]) == {200}, proxy.log
-    gaps += _retry_gaps(proxy)
-    # Exponential backoff with full jitter: random waits of up to 1, 2, 4 s.
-    assert sum(gaps) > 0.002, gaps
-    print(f"\n{code}: waits between tries {[round(g, 3) for g in gaps]} s")
+    waits += _gaps(proxy, after_status=status)
+    assert len(waits) == 5, proxy.log
+    # botocore's standard mode (jobs/storage.py) waits rand(0, 1) * 2**(try - 1) s before
+    # each retry (full jitter: up to 1, 2 s on the write, 1, 2, 4 s on the read; 5 s on
+    # average in all). Without backoff each gap would be one round trip. The 5 waits beyond
+    # the round trip must add up to more than 0.25 s: only a real backoff does that (with
+    # backoff, 5 jittered waits sum to less with probability 0.25**5 / (5! * 1*2*1*2*4),
+    # about 5e-7). No upper bound: a loaded machine only makes the gaps longer.
+    backoff = sum(waits) - len(waits) * round_trip
+    assert backoff > 0.25, (round_trip, waits)
+    print(
+        f"\n{code}: round trip {round_trip * 1000:.1f} ms; waits between tries "
+        f"{[round(g, 3) for g in waits]} s (backoff {backoff:.2f} s)"
+    )
 
 
 def _write_parts(root, n_files: int = 3) -> None:

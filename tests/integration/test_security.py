@@ -36,15 +36,27 @@ def tell_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
 
 
-def _files_containing(root: Path, needle: bytes) -> list[str]:
+def _files_containing(root: Path, needle: bytes, *, since: float | None = None) -> list[str]:
+    """Regular files under ``root`` whose bytes contain ``needle`` (read in chunks, so large
+    or binary files are searched too). Sockets, FIFOs and links are skipped, and files
+    modified before ``since`` (a time.time() value) when given."""
     hits = []
+    overlap = len(needle) - 1
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path))
-            except OSError:  # sockets, files removed meanwhile
-                pass
+        if path.is_symlink() or not path.is_file():  # is_file: regular files only
+            continue
+        try:
+            if since is not None and path.stat().st_mtime < since:
+                continue
+            with open(path, "rb") as f:
+                tail = b""
+                while chunk := f.read(1 << 20):
+                    if needle in tail + chunk:
+                        hits.append(str(path))
+                        break
+                    tail = chunk[-overlap:] if overlap else b""
+        except OSError:  # files removed meanwhile, unreadable ones
+            pass
     return hits
 
 
@@ -64,6 +76,7 @@ def test_pipeline_on_s3_never_writes_the_secret(
         part = root.join("in", f"part-{i}.parquet")
         pq.write_table(table.slice(300 * i, 300), part.path, filesystem=part.filesystem)
 
+    started_at = time.time()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_ADDRESS"] = ray_with_s3_credentials.address_info["gcs_address"]
     model = f"{s3_bucket}/out/sec/model"
@@ -112,8 +125,7 @@ def test_pipeline_on_s3_never_writes_the_secret(
         if secret.encode() in body:
             leaks.append(f"s3://{bucket}/{key}")
 
-    # Local outputs (metrics JSON, HTML report) and the Ray session's logs (driver, workers,
-    # raylet, GCS, Ray Data, Ray Train).
+    # Local outputs (metrics JSON, HTML report; the CLI ran in tmp_path).
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
     canary = tmp_path / "canary" / "deep" / "file.bin"  # the search itself works
     canary.parent.mkdir(parents=True)
@@ -121,11 +133,21 @@ def test_pipeline_on_s3_never_writes_the_secret(
     assert str(canary) in _files_containing(tmp_path, secret.encode())
     canary.unlink()
     leaks += _files_containing(tmp_path, secret.encode())
+    # The whole Ray session directory: logs (driver, workers, raylet, GCS, Ray Data, Ray
+    # Train), session metadata, runtime resources, anything spilled; every regular file,
+    # as bytes (sockets are skipped).
     session = Path(ray_with_s3_credentials.address_info["session_dir"])
     logs = session / "logs"
     assert any(logs.glob("worker-*")) or any(logs.rglob("*.log")), sorted(logs.iterdir())
-    leaks += _files_containing(logs, secret.encode())
-    print(f"searched {len(keys)} objects, {sum(1 for _ in logs.rglob('*'))} log files")
+    session_files = [p for p in session.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(session_files) > sum(1 for p in logs.rglob("*") if p.is_file()), "logs only?"
+    leaks += _files_containing(session, secret.encode())
+    # Ray Train's local default storage (unused here: the run's storage is the bucket,
+    # searched above), in case anything was staged there during this test.
+    ray_results = Path("~/ray_results").expanduser()
+    if ray_results.is_dir():
+        leaks += _files_containing(ray_results, secret.encode(), since=started_at)
+    print(f"searched {len(keys)} objects and {len(session_files)} Ray session files")
     assert leaks == [], f"the secret key was written to: {leaks}"
 
 

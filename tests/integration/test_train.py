@@ -49,6 +49,7 @@ def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_di
     assert meta["config"]["k"] == K and meta["input"]["dim"] == 16
     assert [m["epoch"] for m in meta["history"]] == [0, 1, 2, 3]  # the whole training curve
     assert all(m["replica_divergence"] == 0.0 for m in meta["history"])
+    assert meta["resumed_at"] == []  # never restarted from a checkpoint
     with torch.no_grad():
         z = model.encode(torch.from_numpy(data.X))
         labels = (z @ model.cluster.centers.T).argmax(1).numpy()
@@ -66,13 +67,26 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     clean, _, cfg = clean_run
     data_dir, _ = blobs_dir
     marker = tmp_path / "killed"
-    monkeypatch.setenv("TELL_FAULT_INJECT", f"kill:rank=1:epoch=2:step=3:marker={marker}")
+    killed_epoch = 2
+    monkeypatch.setenv(
+        "TELL_FAULT_INJECT", f"kill:rank=1:epoch={killed_epoch}:step=3:marker={marker}"
+    )
     summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", max_failures=2), cfg)
     assert marker.exists(), "the fault was not injected"
     assert summary["epochs"] == 4
     faulty_model, faulty_meta = load_model(summary["model"])
     # the history survives the restart: one entry per epoch, none lost or repeated
     assert [m["epoch"] for m in faulty_meta["history"]] == [0, 1, 2, 3]
+    # It resumed from a checkpoint, once, instead of restarting from scratch (which would
+    # record nothing). Every epoch ends with a checkpoint, but Ray Train registers one only
+    # after its controller has collected every rank's report of that epoch (each worker
+    # holds one report until the controller's next poll): the kill early in epoch 2 can take
+    # rank 1's epoch-1 report with it, and then the newest checkpoint is epoch 0's. Epoch
+    # 0's is always registered: rank 1 could not queue its epoch-1 report before the
+    # controller took its epoch-0 one. So the loop restarts at epoch 1 or 2.
+    resumed_at = faulty_meta["resumed_at"]
+    assert len(resumed_at) == 1 and 1 <= resumed_at[0] <= killed_epoch, resumed_at
+    print(f"\nkilled in epoch {killed_epoch}, resumed at epoch {resumed_at[0]}")
     clean_model, _ = load_model(clean["model"])
     # Same clusters found: each center of one run has a near-identical twin in the other.
     a, b = faulty_model.cluster.centers.numpy(), clean_model.cluster.centers.numpy()
