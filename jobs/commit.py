@@ -199,6 +199,11 @@ def footer_rows(unit: storage.Location, relpaths: Sequence[str]) -> list[int]:
             try:
                 with loc.filesystem.open_input_file(loc.path) as f:
                     return pq.ParquetFile(f).metadata.num_rows
+            except FileNotFoundError:
+                raise TellStorageError(
+                    f"{loc.uri} was written by this attempt but is missing when it is "
+                    "committed: the storage lost it or is failing."
+                ) from None
             except pa.ArrowInvalid as exc:
                 raise TellDataError(
                     f"{loc.uri} is not a valid Parquet file ({exc}); the attempt is damaged: "

@@ -5,10 +5,13 @@ input's ids, once, and agree with the in-memory estimator; a storage failure mus
 ``_SUCCESS`` and a clean re-run.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +93,40 @@ def _stopping_at(s3_server, when):
     return hook
 
 
+class _StopOnceAPartIsStaged:
+    """Hook: when the writes start, watch the unit's staging prefix and stop the S3 server
+    as soon as the first part is complete (an S3 object exists only once its upload
+    finished), while the other write tasks are still writing."""
+
+    def __init__(self, s3_server, unit: storage.Location) -> None:
+        self.s3_server, self.client = s3_server, s3_server.client()
+        self.bucket, _, self.prefix = unit.path.partition("/")
+        self.staged: list[str] = []  # the staging keys seen when the server was stopped
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __call__(self, event: str) -> None:
+        if event == "write_start":
+            self.thread.start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listing = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/_staging/"
+            )
+            keys = [o["Key"] for o in listing.get("Contents", [])]
+            if any(k.endswith(".parquet") for k in keys):
+                self.s3_server.stop()
+                self.staged = keys
+                return
+            time.sleep(0.02)
+
+    def wait_stopped(self) -> None:
+        """Wait until the server has fully stopped (the job fails before it has exited)."""
+        if self.thread.is_alive():
+            self.thread.join(timeout=180)
+
+
 def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     ray_cluster_s3, s3_bucket, s3_server, fitted
 ):
@@ -100,13 +137,17 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     job = _job(model, f"{s3_bucket}/in", f"{s3_bucket}/out", "daily")
     unit = storage.resolve(f"{s3_bucket}/out/daily")
 
-    # 1. The S3 server stops while the parts are being written: a clear one-line error,
-    #    no _SUCCESS, nothing readable.
+    # 1. The S3 server stops mid-write, once a first part is staged (small files: many
+    #    write tasks): a clear one-line error, no _SUCCESS, nothing readable.
+    stopper = _StopOnceAPartIsStaged(s3_server, unit)
     try:
         with pytest.raises(TellError) as info:
-            assign.main(job, on_event=_stopping_at(s3_server, "write_start"))
+            assign.main(dataclasses.replace(job, min_rows_per_file=1_000), on_event=stopper)
     finally:
+        stopper.wait_stopped()
         s3_server.start()
+    assert stopper.staged, "the server was never stopped: no part was staged"
+    print(f"\nS3 stopped with {len(stopper.staged)} part(s) staged")
     message = str(info.value)
     assert "\n" not in message and "Nothing was committed" in message, message
     assert "S3" in message or "storage" in message.lower(), message

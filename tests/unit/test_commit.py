@@ -224,3 +224,14 @@ def test_partitions_group_check_and_committed_units(tmp_path):
     done = commit.committed_units(run, list(groups))
     assert done["dt=2026-11-28"]["rows"]["assigned"] == 5
     assert done["dt=2026-11-29/hour=03"] is None
+
+
+def test_a_reported_part_that_vanished_before_the_commit_commits_nothing(unit):
+    """A part its writer reported but storage no longer has (lost, or a failing server that
+    answers 404): one storage error that says so, and no manifest."""
+    attempt = commit.start_attempt(unit)
+    parts = _stage(attempt, "part-0.parquet", assigned=[_rows(range(10))])
+    (unit.join(parts[0].path)).filesystem.delete_file(unit.join(parts[0].path).path)
+    with pytest.raises(TellStorageError, match="written by this attempt but is missing when"):
+        commit.commit(attempt, input_rows=10, parts=parts)
+    assert commit.read_manifest(unit) is None
