@@ -44,6 +44,7 @@ def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_di
     summary, out, _ = clean_run
     _, data = blobs_dir
     assert summary["epochs"] == 4 and summary["rows"] == 6000
+    assert summary["materialized"]  # small data: the scan kept the features (materialize auto)
     assert summary["metrics"]["replica_divergence"] == 0.0
     model, meta = load_model(summary["model"])
     assert meta["config"]["k"] == K and meta["input"]["dim"] == 16

@@ -2,6 +2,7 @@
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jobs import storage, train
 from jobs.config import TrainJob
@@ -9,6 +10,7 @@ from jobs.model_store import load_model
 from tell.config import TrainConfig
 from tell.datasets import make_spherical_blobs
 from tell.io import embeddings_to_table, write_parquet_files
+from tell.metrics import cluster_accuracy
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +26,26 @@ def blobs_dir(tmp_path_factory):
 
 
 def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, blobs_dir, s3_bucket):
-    data_dir, _ = blobs_dir
+    """The billion-row path: every epoch streams the Parquet files from S3 (materialize
+    never), checkpoints go to S3 (the kept-features path is tested in test_train.py)."""
+    data_dir, data = blobs_dir
     loc = storage.resolve(f"{s3_bucket}/input")
     for i, path in enumerate(sorted(data_dir.glob("*.parquet"))):
         pq.write_table(
             pq.read_table(path), loc.join(f"part-{i}.parquet").path, filesystem=loc.filesystem
         )
     cfg = TrainConfig(k=K, epochs=2, batch_size=256, seed=0)
-    summary = train.main(
-        TrainJob(data=f"{s3_bucket}/input", out=f"{s3_bucket}/out", name="s3run"), cfg
+    job = TrainJob(
+        data=f"{s3_bucket}/input", out=f"{s3_bucket}/out", name="s3run", materialize="never"
     )
+    summary = train.main(job, cfg)
     assert summary["model"] == f"{s3_bucket}/out/s3run/model"
-    _, meta = load_model(summary["model"])
+    assert summary["materialized"] is False and summary["rows"] == 6000
+    model, meta = load_model(summary["model"])
     assert meta["epoch"] == 1
+    assert [m["rows"] for m in meta["history"]] == [5888, 5888]  # 23 full batches of 256
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(data.X))
+        labels = (z @ model.cluster.centers.T).argmax(1).numpy()
+    assert cluster_accuracy(data.y, labels) >= 0.9
     assert storage.list_files(storage.resolve(f"{s3_bucket}/out/runs/s3run"), suffix=".json")
