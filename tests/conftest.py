@@ -384,3 +384,16 @@ def ray_cluster_s3(s3_server):
         yield context
     finally:
         _stop_ray(ray, saved)
+
+
+@pytest.fixture(scope="session")
+def training_blobs(tmp_path_factory):
+    """(directory, data): 6,000 x 16 spherical blobs, k=8, as 3 Parquet files; the training
+    jobs' input in the integration tests."""
+    from tell.datasets import make_spherical_blobs
+    from tell.io import embeddings_to_table, write_parquet_files
+
+    data = make_spherical_blobs(6000, 16, 8, seed=3)
+    directory = tmp_path_factory.mktemp("blobs")
+    write_parquet_files(embeddings_to_table(data.X, labels=data.y), directory, n_files=3)
+    return directory, data

@@ -10,21 +10,11 @@ from jobs import train
 from jobs.config import TrainJob
 from jobs.model_store import load_model
 from tell.config import TrainConfig
-from tell.datasets import make_spherical_blobs
-from tell.io import embeddings_to_table, write_parquet_files
 from tell.metrics import cluster_accuracy
 
 pytestmark = pytest.mark.integration
 
-K = 8
-
-
-@pytest.fixture(scope="module")
-def blobs_dir(tmp_path_factory):
-    data = make_spherical_blobs(6000, 16, K, seed=3)
-    directory = tmp_path_factory.mktemp("blobs")
-    write_parquet_files(embeddings_to_table(data.X, labels=data.y), directory, n_files=3)
-    return directory, data
+K = 8  # clusters of the training_blobs fixture (tests/conftest.py)
 
 
 def _job(data_dir, out, name, workers=2, **kw):
@@ -32,17 +22,17 @@ def _job(data_dir, out, name, workers=2, **kw):
 
 
 @pytest.fixture(scope="module")
-def clean_run(ray_cluster, blobs_dir, tmp_path_factory):
+def clean_run(ray_cluster, training_blobs, tmp_path_factory):
     """One uninterrupted 2-worker run, shared by the tests below."""
-    data_dir, _ = blobs_dir
+    data_dir, _ = training_blobs
     out = tmp_path_factory.mktemp("clean")
     cfg = TrainConfig(k=K, epochs=4, batch_size=256, seed=0)
     return train.main(_job(data_dir, out, "ddp-2"), cfg), out, cfg
 
 
-def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_dir):
+def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, training_blobs):
     summary, out, _ = clean_run
-    _, data = blobs_dir
+    _, data = training_blobs
     assert summary["epochs"] == 4 and summary["rows"] == 6000
     assert summary["materialized"]  # small data: the scan kept the features (materialize auto)
     assert summary["metrics"]["replica_divergence"] == 0.0
@@ -63,10 +53,10 @@ def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, blobs_di
 
 
 def test_killed_worker_resumes_from_checkpoint_and_finishes(
-    clean_run, blobs_dir, tmp_path, monkeypatch
+    clean_run, training_blobs, tmp_path, monkeypatch
 ):
     clean, _, cfg = clean_run
-    data_dir, _ = blobs_dir
+    data_dir, _ = training_blobs
     marker = tmp_path / "killed"
     killed_epoch = 2
     monkeypatch.setenv(

@@ -8,27 +8,17 @@ from jobs import storage, train
 from jobs.config import TrainJob
 from jobs.model_store import load_model
 from tell.config import TrainConfig
-from tell.datasets import make_spherical_blobs
-from tell.io import embeddings_to_table, write_parquet_files
 from tell.metrics import cluster_accuracy
 
 pytestmark = pytest.mark.integration
 
-K = 8
+K = 8  # clusters of the training_blobs fixture (tests/conftest.py)
 
 
-@pytest.fixture(scope="module")
-def blobs_dir(tmp_path_factory):
-    data = make_spherical_blobs(6000, 16, K, seed=3)
-    directory = tmp_path_factory.mktemp("blobs")
-    write_parquet_files(embeddings_to_table(data.X, labels=data.y), directory, n_files=3)
-    return directory, data
-
-
-def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, blobs_dir, s3_bucket):
+def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, training_blobs, s3_bucket):
     """The billion-row path: every epoch streams the Parquet files from S3 (materialize
     never), checkpoints go to S3 (the kept-features path is tested in test_train.py)."""
-    data_dir, data = blobs_dir
+    data_dir, data = training_blobs
     loc = storage.resolve(f"{s3_bucket}/input")
     for i, path in enumerate(sorted(data_dir.glob("*.parquet"))):
         pq.write_table(
