@@ -85,12 +85,26 @@ def _ray_env(ray_cluster) -> dict[str, str]:
 
 
 def _staged_parts(unit: Path) -> list[Path]:
+    """The complete staged part files (a local part is visible while still being written,
+    and a write task that dies deletes its half-written file: only a readable footer
+    counts)."""
     staging = unit / "_staging"
-    return sorted(p for p in staging.rglob("*.parquet")) if staging.exists() else []
+    if not staging.exists():
+        return []
+    return sorted(p for p in staging.rglob("*.parquet") if _has_footer(p))
+
+
+def _has_footer(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid):  # still being written, or deleted meanwhile
+        return False
+    return True
 
 
 def _kill_while_writing(argv, env, unit: Path, log: Path) -> float:
-    """Start the driver, SIGKILL it once it staged a new part file; return seconds it ran."""
+    """Start the driver, SIGKILL it once it staged a new complete part file; return seconds
+    it ran."""
     started = time.monotonic()
     before = set(_staged_parts(unit))
     with open(log, "w") as err:
