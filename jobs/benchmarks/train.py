@@ -442,6 +442,15 @@ def _short_title(title: str) -> str:
 # ------------------------------------------------------------------------------- job runs
 
 
+def _job_config(args: argparse.Namespace, epochs: int) -> dict[str, int]:
+    """The job settings of the throughput and memory runs, with ``epochs``."""
+    return {
+        "epochs": epochs,
+        "batch_size": args.batch_size,
+        "init_sample_rows": args.init_sample_rows,
+    }
+
+
 def run_job(
     args: argparse.Namespace,
     data_dir: Path,
@@ -919,11 +928,7 @@ def main(argv: list[str] | None = None) -> dict:
             for workers in args.workers:
                 name = f"tp-w{workers}-{args.rows}"
                 print(f"job: {workers} worker(s), {args.rows} rows ...", flush=True)
-                cfg = {
-                    "epochs": args.epochs,
-                    "batch_size": args.batch_size,
-                    "init_sample_rows": args.init_sample_rows,
-                }
+                cfg = _job_config(args, args.epochs)
                 job_runs.append(
                     run_job(args, data.dirs[args.rows], args.rows, workers, cfg, name, workdir)
                 )
@@ -960,11 +965,7 @@ def main(argv: list[str] | None = None) -> dict:
                         data.dirs[size],
                         size,
                         mem_workers,
-                        {
-                            "epochs": args.memory_epochs,
-                            "batch_size": args.batch_size,
-                            "init_sample_rows": args.init_sample_rows,
-                        },
+                        _job_config(args, args.memory_epochs),
                         f"mem-w{mem_workers}-{size}",
                         workdir,
                         args.memory_materialize,
@@ -1006,11 +1007,6 @@ def main(argv: list[str] | None = None) -> dict:
                             "seed": args.seed,
                         },
                         "fit_s": r["job_wall_s"],
-                        "split_s": {
-                            "scan": r["scan_s"],
-                            "trainer": r["fit_s"],
-                            "epochs": r["epochs_s"],
-                        },
                         "label_s": 0.0,
                         "total_s": r["job_wall_s"],
                         "cpu_s": r["memory"]["cpu_s_all_processes"],
