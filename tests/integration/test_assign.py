@@ -19,9 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import assign, commit, storage
+from jobs import storage
+from jobs.assign import driver as assign
+from jobs.commit import reader, writer
 from jobs.config import AssignJob
-from jobs.model_store import save_model
+from jobs.model import save_model
 from tell import TELL
 from tell.datasets import make_spherical_blobs
 from tell.errors import TellError
@@ -68,7 +70,7 @@ def _job(model, data, out, run_id, **kw):
 
 def _check_exactly_once(unit_uri, ids):
     """N rows out, ids unique and equal to the input's; NaN rows rejected with a reason."""
-    table = commit.read_committed(unit_uri, include_rejected=True)
+    table = reader.read_committed(unit_uri, include_rejected=True)
     assert table.num_rows == len(ids)
     out_ids = np.sort(table["id"].to_numpy())
     np.testing.assert_array_equal(out_ids, np.sort(ids))  # unique + equal
@@ -76,7 +78,7 @@ def _check_exactly_once(unit_uri, ids):
     assert sorted(rejected["id"].to_pylist()) == sorted((NAN_ROWS + ID_OFFSET).tolist())
     assert set(rejected["reason"].to_pylist()) == {"non-finite value"}
     assert rejected["cluster"].null_count == len(NAN_ROWS)
-    manifest = commit.read_manifest(storage.resolve(unit_uri))
+    manifest = reader.read_manifest(storage.resolve(unit_uri))
     assert manifest["rows"] == {
         "input": len(ids),
         "assigned": len(ids) - len(NAN_ROWS),
@@ -152,9 +154,9 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     assert "\n" not in message and "Nothing was committed" in message, message
     assert "S3" in message or "storage" in message.lower(), message
     storage.clear_cache()
-    assert not storage.exists(unit.join(commit.MANIFEST_FILE))
+    assert not storage.exists(unit.join(writer.MANIFEST_FILE))
     with pytest.raises(TellError, match="not a committed assignment"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
 
     # 2. After the restart, the same run id: exactly N rows, the input's ids, once.
     summary = assign.main(job)
@@ -188,13 +190,13 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
         s3_server.start()
     assert "\n" not in str(info.value) and "Nothing was committed" in str(info.value)
     storage.clear_cache()
-    assert commit.read_manifest(unit)["attempt"] == first["attempt"]
+    assert reader.read_manifest(unit)["attempt"] == first["attempt"]
 
     # 4. Re-running the same run id replaces the output: still exactly N rows.
     assert assign.main(job)["rows"] == N_ROWS
     _, second = _check_exactly_once(unit.uri, ids)
     assert second["attempt"] != first["attempt"]
-    leftovers = commit._staged_files(unit)  # failed and replaced attempts were collected
+    leftovers = writer._staged_files(unit)  # failed and replaced attempts were collected
     assert leftovers and all(second["attempt"] in rel for rel in leftovers)
 
 
@@ -210,17 +212,17 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
 
     first = assign.main(job)
     assert first["partitions_assigned"] == ["dt=2026-11-27"] and first["rows"] == half
-    m1 = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+    m1 = reader.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
 
     _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
     second = assign.main(job)
     assert second["partitions_assigned"] == ["dt=2026-11-28"]
     assert second["partitions_skipped"] == ["dt=2026-11-27"]
     assert second["rows"] == N_ROWS - half
-    again = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+    again = reader.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
     assert again["attempt"] == m1["attempt"]  # untouched
     tables = [
-        commit.read_committed(str(out / "nightly" / day), include_rejected=True)
+        reader.read_committed(str(out / "nightly" / day), include_rejected=True)
         for day in ("dt=2026-11-27", "dt=2026-11-28")
     ]
     all_ids = np.sort(np.concatenate([t["id"].to_numpy() for t in tables]))

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import commit, evaluate, storage
+from jobs import storage
+from jobs.commit import writer as commit
 from jobs.config import EvaluateJob
-from jobs.contingency import Contingency, scores_from_contingency
+from jobs.report import evaluate
+from jobs.report.contingency import Contingency, scores_from_contingency
 from tell.errors import TellDataError
 from tell.metrics import clustering_scores
 

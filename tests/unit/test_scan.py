@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import scan, storage
+from jobs import storage
+from jobs.input import scan
 from tell.errors import TellDataError
 
 
