@@ -46,8 +46,12 @@ def fitted():
     return est, X, np.arange(N_ROWS, dtype=np.int64) + ID_OFFSET
 
 
-def _write_input(root: storage.Location, X: np.ndarray, ids: np.ndarray, n_files=N_FILES):
+def _write_input(
+    root: storage.Location, X: np.ndarray, ids: np.ndarray, n_files=N_FILES, labels=None
+):
     table = embeddings_to_table(X, ids=ids)
+    if labels is not None:
+        table = table.append_column("label", pa.array(labels))
     bounds = np.linspace(0, len(ids), n_files + 1).astype(int)
     for i in range(n_files):
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
@@ -234,12 +238,15 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
 
 
 def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fitted):
+    """tell assign and tell evaluate take the same hive-partitioned --data (issue 10)."""
     est, X, ids = fitted
     data, out = tmp_path / "data", tmp_path / "out"
     out.mkdir()
     half = N_ROWS // 2  # hive-partitioned input read as a whole (not incremental)
-    _write_input(storage.resolve(str(data / "dt=2026-11-27")), X[:half], ids[:half], n_files=2)
-    _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
+    labels = (ids % 3).astype(np.int64)
+    for day, rows in (("dt=2026-11-27", slice(None, half)), ("dt=2026-11-28", slice(half, None))):
+        loc = storage.resolve(str(data / day))
+        _write_input(loc, X[rows], ids[rows], n_files=2, labels=labels[rows])
     model = _save(est, str(tmp_path / "model"))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster_s3.address_info["gcs_address"]}
     base = [sys.executable, "-m", "jobs.cli", "assign", "--model", model, "--data", str(data)]
@@ -253,6 +260,15 @@ def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fit
     assert summary["rows"] == N_ROWS and summary["rejected"] == len(NAN_ROWS)
     assert summary["run"] == str(out / "cli")
     _check_exactly_once(str(out / "cli"), ids)
+
+    evaluate = [sys.executable, "-m", "jobs.cli", "evaluate", "--assignments", str(out / "cli")]
+    scored = subprocess.run(
+        [*evaluate, "--data", str(data)], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    metrics = json.loads(scored.stdout)
+    assert metrics["rows"] == N_ROWS - len(NAN_ROWS) == metrics["labelled_rows"]
+    assert metrics["unmatched_rows"] == 0 and 0.0 < metrics["acc"] <= 1.0
 
     bad = subprocess.run(
         [*base, "--out", str(out), "--column", "nope"],

@@ -90,6 +90,22 @@ def test_labels_are_joined_from_the_input_data_by_id(tmp_path):
     assert result["unmatched_rows"] == 0 and result["labelled_rows"] == N
 
 
+def test_labels_are_joined_from_hive_partitioned_input_data(tmp_path):
+    """--data takes what tell assign takes: dt=.../ partitions, read recursively (issue 10)."""
+    cols = _assignments(3)
+    labels = cols.pop("label")
+    run = _commit(tmp_path / "run", cols)
+    data = tmp_path / "data"
+    for day, rows in (("dt=2026-11-28", slice(None, 100)), ("dt=2026-11-29", slice(100, None))):
+        (data / day).mkdir(parents=True)
+        pq.write_table(
+            pa.table({"id": cols["id"][rows], "label": labels[rows]}), data / day / "part.parquet"
+        )
+    result = evaluate.main(EvaluateJob(assignments=str(run), data=str(data)))
+    assert result["acc"] == pytest.approx(clustering_scores(labels, cols["cluster"])["acc"])
+    assert result["unmatched_rows"] == 0 and result["labelled_rows"] == N
+
+
 def test_a_run_without_success_manifest_is_not_committed(tmp_path):
     run = _commit(tmp_path / "run", _assignments(2))
     (run / "_SUCCESS").unlink()

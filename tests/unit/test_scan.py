@@ -1,4 +1,4 @@
-"""The per-file scan before training (jobs.scan.scan_file), without a Ray cluster."""
+"""The per-file scan before training (jobs.input.scan.scan_file), without a Ray cluster."""
 
 import numpy as np
 import pyarrow as pa
