@@ -252,6 +252,15 @@ class _Wrapper(Exception):
         self.cause = cause
 
 
+class _TellWrapper(TellDataError):
+    """Like ray.exceptions.RayTaskError(TellDataError): a subclass of the error it carries
+    in ``.cause``, whose own text is a traceback."""
+
+    def __init__(self, cause):
+        super().__init__("Traceback (most recent call last): ...")
+        self.cause = cause
+
+
 class _TrainingFailed(Exception):
     """Like Ray Train's TrainingFailedError: failures per worker rank."""
 
@@ -276,6 +285,7 @@ def _chained() -> BaseException:
         (TellConfigError("direct"), "direct"),
         (_Wrapper(TellCheckpointError("in cause")), "in cause"),
         (_Wrapper(_Wrapper(TellDataError("deep"))), "deep"),
+        (_TellWrapper(TellDataError("the innermost")), "the innermost"),
         (_TrainingFailed({1: RuntimeError("x"), 0: TellDataError("rank 0")}), "rank 0"),
         (_chained(), "in the context"),
         (RuntimeError("plain"), None),
