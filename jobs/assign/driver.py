@@ -2,9 +2,10 @@
 
 The driver reads forward once through each artifact. :func:`plan`, before any Ray work:
 load the model (:func:`jobs.model.load_model`), preflight the output, open the input
-(:func:`jobs.input.inspect.open_input`: id columns present in every file, one feature width)
-and require the model's width; in incremental mode, split the input into its hive
-partitions and skip those already committed. Then, per unit (the whole input, or each
+(:func:`jobs.input.inspect.list_input`, then the footers of what is left to assign: id
+columns present in every file, one feature width) and require the model's width; in
+incremental mode the listing is split into its hive partitions first, and those already
+committed are skipped (their footers are never read). Then, per unit (the whole input, or each
 partition left): :func:`jobs.commit.writer.start_attempt`, Ray Data streams the unit through
 :class:`jobs.assign.predictor.Assigner` actors (``map_batches`` with an actor pool; never
 Ray Train's split, which can drop rows) into :class:`jobs.assign.sink.AssignmentSink`
@@ -27,7 +28,7 @@ from jobs import runtime, storage
 from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
 from jobs.commit import reader, writer
 from jobs.config import AssignJob
-from jobs.input.inspect import InputSet, open_input, read_dataset
+from jobs.input.inspect import InputSet, list_input, read_dataset
 from jobs.model import assignment_run_id, load_model, model_id
 from tell.errors import TellConfigError, TellStorageError
 
@@ -71,24 +72,27 @@ def plan(job: AssignJob) -> Plan:
     storage.check_access(out, write=True)
     run_id = job.run_id or assignment_run_id(meta, job.model, job.data, job.column, job.id_columns)
     run = out.join(run_id)
-    data = open_input(job.data, job.column, required=job.id_columns)
-    data.require_width(model.spec.input_dim, job.model)
+    files = list_input(job.data)
     skipped: list[str] = []
+    paths = None  # every file
     if job.incremental:
-        parts = data.partitions(hive=True)
-        done = reader.committed_units(run, list(parts))
+        groups = files.partitions(hive=True)
+        done = reader.committed_units(run, list(groups))
         skipped = [unit for unit, manifest in done.items() if manifest is not None]
         for unit in skipped:
-            _warn_if_changed(unit, parts[unit], done[unit])
-        units = [(unit, part) for unit, part in parts.items() if unit not in skipped]
-    else:
-        units = [("", data)]
+            _warn_if_changed(unit, files.uris(groups[unit]), done[unit])
+        paths = [path for unit, group in groups.items() if unit not in skipped for path in group]
+        if not paths:
+            return Plan(run_id, run, meta, model.cluster.n_clusters, [], skipped)
+    data = files.open(job.column, required=job.id_columns, paths=paths)  # only these footers
+    data.require_width(model.spec.input_dim, job.model)
+    units = list(data.partitions().items()) if job.incremental else [("", data)]
     return Plan(run_id, run, meta, model.cluster.n_clusters, units, skipped)
 
 
-def _warn_if_changed(unit: str, part: InputSet, manifest: dict) -> None:
+def _warn_if_changed(unit: str, uris: list[str], manifest: dict) -> None:
     committed = set(manifest.get("input", {}).get("files", []))
-    current = set(part.file_uris())
+    current = set(uris)
     if committed and current != committed:
         logger.warning(
             "partition %s changed since it was committed (%d file(s) now, %d then); it is "

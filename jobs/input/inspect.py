@@ -6,8 +6,10 @@ request), lists the Parquet files (one listing, recursive: hive partitions such 
 refuses, with one clear line, data that cannot work: no files, a corrupt file, a missing
 column, a non-numeric feature column, feature widths that differ across files, no rows.
 The :class:`InputSet` it returns carries what the footers said, so later steps (the width
-check against a model, the partitions of an incremental run, the explain sample) never list
-or read a footer again.
+check against a model, the partitions of a run, the explain sample) never list or read a
+footer again. It is :func:`list_input` (the preflight and the listing, an
+:class:`InputFiles`) followed by :meth:`InputFiles.open` (the footers): an incremental
+assignment opens only the partitions it has not committed yet.
 
 Each input check has one home here: the Parquet-open error policy
 (:func:`parquet_read_errors`), the numeric-column screening (:func:`check_feature_type`)
@@ -99,35 +101,81 @@ class InputSet:
                 "column the model was trained on (--column), or a matching model."
             )
 
-    def partitions(self, *, hive: bool = False) -> dict[str, InputSet]:
+    def partitions(self) -> dict[str, InputSet]:
         """The input grouped by directory below its root, from the footers already read.
 
         Returns ``{relative dir: InputSet of its files}`` in sorted order; ``""`` holds the
         files directly under the root. Each part is checked like a whole input (rows, width).
-
-        hive : refuse (TellConfigError) any file outside ``key=value`` directories, as
-            incremental assignment needs.
         """
-        base = self.location.path.rstrip("/") + "/"
-        groups: dict[str, list[Footer]] = {}
-        for footer in self.footers:
-            path = footer.path
-            rel = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
-            groups.setdefault(posixpath.dirname(rel), []).append(footer)
-        groups = dict(sorted(groups.items()))
-        if hive:
-            _check_hive(self.uri, {unit: [f.path for f in fs] for unit, fs in groups.items()})
-        if len(groups) == 1 and "" in groups:
+        by_path = {f.path: f for f in self.footers}
+        groups = _group(self.location, list(by_path))
+        if list(groups) == [""]:
             return {"": self}
         return {
             unit: _input_set(
                 self.location.join(unit).uri if unit else self.uri,
                 self.location.join(unit) if unit else self.location,
-                footers,
+                [by_path[p] for p in paths],
                 self.column,
             )
-            for unit, footers in groups.items()
+            for unit, paths in groups.items()
         }
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    """The Parquet files of an input, listed (after the preflight), footers not read yet.
+
+    uri : the URI as the user gave it; location : the resolved root; paths : the files, for
+    ``location.filesystem``, sorted.
+    """
+
+    uri: str
+    location: storage.Location
+    paths: list[str]
+
+    def uris(self, paths: Sequence[str]) -> list[str]:
+        """``paths`` as URIs (``s3://bucket/key`` on S3), as manifests record them."""
+        return [f"s3://{p}" if self.location.is_s3 else p for p in paths]
+
+    def partitions(self, *, hive: bool = False) -> dict[str, list[str]]:
+        """``{relative dir: its files}`` in sorted order (``""``: the files under the root).
+
+        hive : refuse (TellConfigError) any file outside ``key=value`` directories, as
+            incremental assignment needs.
+        """
+        groups = _group(self.location, self.paths)
+        if hive:
+            _check_hive(self.uri, groups)
+        return groups
+
+    def open(
+        self, column: str | None, required: Sequence[str] = (), paths: Sequence[str] | None = None
+    ) -> InputSet:
+        """Read the footers of ``paths`` (default: every file) once and check them; see
+        :func:`open_input`."""
+        paths = self.paths if paths is None else list(paths)
+        with ThreadPoolExecutor(max(1, min(_FOOTER_THREADS, len(paths)))) as pool:
+            footers = tuple(pool.map(lambda p: _footer(self.location, p), paths))
+        return _input_set(self.uri, self.location, footers, column, required)
+
+
+def list_input(uri: str) -> InputFiles:
+    """Preflight ``uri`` (one request) and list its Parquet files (one listing, recursive).
+
+    Raises
+    ------
+    TellStorageError
+        If the location is unreachable, missing or unreadable.
+    TellDataError
+        If it holds no Parquet files.
+    """
+    loc = storage.resolve(uri)
+    storage.check_access(loc, write=False)
+    paths = storage.list_files(loc, suffix=".parquet", recursive=True)
+    if not paths:
+        raise TellDataError(f"No Parquet files under {uri}.")
+    return InputFiles(uri, loc, paths)
 
 
 def open_input(uri: str, column: str | None, required: Sequence[str] = ()) -> InputSet:
@@ -145,14 +193,7 @@ def open_input(uri: str, column: str | None, required: Sequence[str] = ()) -> In
         If there are no Parquet files or no rows, a file is not valid Parquet, a column is
         missing, or the feature column is not numeric or differs in width across files.
     """
-    loc = storage.resolve(uri)
-    storage.check_access(loc, write=False)
-    files = storage.list_files(loc, suffix=".parquet", recursive=True)
-    if not files:
-        raise TellDataError(f"No Parquet files under {uri}.")
-    with ThreadPoolExecutor(min(_FOOTER_THREADS, len(files))) as pool:
-        footers = tuple(pool.map(lambda p: _footer(loc, p), files))
-    return _input_set(uri, loc, footers, column, required)
+    return list_input(uri).open(column, required)
 
 
 def _input_set(
@@ -266,6 +307,16 @@ def _first_row_width(loc: storage.Location, footers: Sequence[Footer], column: s
         if lengths:
             return int(np.bincount(lengths).argmax())
     raise TellDataError(f"Column {column!r} holds only nulls in the first row groups.")
+
+
+def _group(root: storage.Location, paths: Sequence[str]) -> dict[str, list[str]]:
+    """Files grouped by their directory below ``root``, in sorted order."""
+    base = root.path.rstrip("/") + "/"
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        rel = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
+        groups.setdefault(posixpath.dirname(rel), []).append(path)
+    return dict(sorted(groups.items()))
 
 
 def _check_hive(data_uri: str, groups: dict[str, list[str]]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from jobs import storage
 from jobs.input import inspect as input_inspect
-from jobs.input.inspect import check_feature_type, open_input
+from jobs.input.inspect import check_feature_type, list_input, open_input
 from tell.errors import TellConfigError, TellDataError
 
 
@@ -32,11 +32,27 @@ def test_partitions_group_by_directory_from_the_footers_already_read(tmp_path, m
 
     monkeypatch.setattr(storage, "list_files", no_more_io)
     monkeypatch.setattr(input_inspect, "_footer", no_more_io)
-    parts = data.partitions(hive=True)
+    parts = data.partitions()
     assert list(parts) == ["dt=2026-11-28", "dt=2026-11-29/hour=03"]
     assert [p.num_rows for p in parts.values()] == [3, 3]
     assert parts["dt=2026-11-28"].uri == storage.resolve(str(root / "dt=2026-11-28")).uri
     assert all(p.dim == 4 and p.column == "x" for p in parts.values())
+
+
+def test_only_the_footers_asked_for_are_read(tmp_path, monkeypatch):
+    """An incremental run lists once, then reads the footers of its new partitions only."""
+    root = tmp_path / "data"
+    for day in ("dt=1", "dt=2", "dt=3"):
+        _write(root / day / "p.parquet", [0, 1, 2])
+    files = list_input(str(root))
+    groups = files.partitions(hive=True)
+    assert list(groups) == ["dt=1", "dt=2", "dt=3"]
+    read = []
+    footer = input_inspect._footer
+    monkeypatch.setattr(input_inspect, "_footer", lambda loc, p: read.append(p) or footer(loc, p))
+    data = files.open("x", paths=groups["dt=3"])
+    assert read == groups["dt=3"] and data.num_rows == 3
+    assert list(data.partitions()) == ["dt=3"]
 
 
 def test_incremental_needs_hive_partitions(tmp_path):
@@ -45,11 +61,11 @@ def test_incremental_needs_hive_partitions(tmp_path):
     data = open_input(str(flat), "x")
     assert data.partitions() == {"": data}
     with pytest.raises(TellConfigError, match="hive-partitioned"):
-        data.partitions(hive=True)
+        list_input(str(flat)).partitions(hive=True)
     plain = tmp_path / "plain"
     _write(plain / "plain-dir" / "x.parquet", [0, 1])
     with pytest.raises(TellConfigError, match="hive-partitioned"):
-        open_input(str(plain), "x").partitions(hive=True)
+        list_input(str(plain)).partitions(hive=True)
 
 
 def test_width_check_has_one_message(tmp_path):
