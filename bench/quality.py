@@ -1,6 +1,6 @@
 """Clustering quality of TELL per seed, beside scikit-learn k-means and the paper's numbers.
 
-``python -m jobs.benchmark quality --dataset mnist|digits|wordnet|synthetic --seeds 5``
+``python -m bench quality --dataset mnist|digits|wordnet|synthetic --seeds 5``
 
 For every seed it fits TELL once per encoder (per-dataset defaults below, overridable by
 flags) and scikit-learn ``KMeans(n_init=10, init="k-means++")`` on the same input (raw
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from bench.machine import finish, machine_info
 from tell import TELL
 from tell.datasets import load_digits, load_mnist, load_wordnet, make_spherical_blobs
 from tell.metrics import clustering_scores, partition_inertia
@@ -82,7 +81,7 @@ GOALS = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m jobs.benchmark quality",
+        prog="python -m bench quality",
         description="ACC/NMI/ARI of TELL per seed beside scikit-learn k-means and the paper.",
     )
     p.add_argument("--dataset", required=True, choices=DATASETS)
@@ -267,21 +266,6 @@ def check_goal(dataset: str, runs: list[dict], epochs_limit: int = 150) -> dict[
     return {"goal": GOALS[dataset], "met": None}
 
 
-def machine_info(device: str) -> dict[str, Any]:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:6.2f}"
 
@@ -332,7 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
     encoders = tuple(args.encoder or DEFAULTS[args.dataset])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    machine = machine_info(args.device)
+    machine = machine_info(device=args.device)
+    if args.device == "cuda" and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
     X, y, data = load_data(args.dataset, args.subset)
     x_flat = X.reshape(X.shape[0], -1)
     k = data["n_clusters"]
@@ -357,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["inertia_vs_kmeans"] = r["inertia"] / km["inertia"] if km else None
             runs.append(r)
             print(format_row(r), flush=True)
-    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    finish(machine)
     result = {
         "benchmark": "quality",
         "dataset": args.dataset,
