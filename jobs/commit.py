@@ -417,8 +417,7 @@ def _listed_part(unit: storage.Location, entry: Any) -> tuple[storage.Location, 
         return unit.join(path), rows
     except TellStorageError:
         raise TellDataError(
-            f"{manifest_uri} lists {path!r}, an unsafe path outside the run; refusing to "
-            "read it."
+            f"{manifest_uri} lists {path!r}, an unsafe path outside the run; refusing to read it."
         ) from None
 
 

@@ -226,5 +226,5 @@ def test_exchange_is_bounded_by_the_moves_not_by_k():
 
     m = len(ThreadGroup(2).run(rank_work)[0])
     assert m >= 3
-    # one (3 + 4k) reduce, then a (1, m) gather and an (m, d + 1) reduce: no k x d tensor
-    assert sizes == [3 + 4 * k, m, m * (d + 1)]
+    # one (3 + d + 4k) reduce, then a (1, m) gather and an (m, d + 1) reduce: no k x d tensor
+    assert sizes == [3 + d + 4 * k, m, m * (d + 1)]
