@@ -181,6 +181,8 @@ def run_tell(X: np.ndarray, x_flat: np.ndarray, y: np.ndarray, params: dict, see
         "wall_s": wall_s,
         "cpu_s": cpu_s,
         "empty_clusters": int(params["n_clusters"] - np.unique(est.labels_).size),
+        "outcome": est.outcome_,
+        "verdict": est.verdict_,
         "history": [
             {key: h[key] for key in ("phase", "rec_loss", "clu_loss", "inertia_per_row", "moved")}
             for h in est.history_
@@ -254,7 +256,30 @@ def check_goal(dataset: str, runs: list[dict], epochs_limit: int = 150) -> dict[
         conv = by_encoder["conv"]
         checks["conv mean ACC >= 0.86"] = bool(np.mean([r["acc"] for r in conv]) >= 0.86)
         checks["conv every seed ACC >= 0.82"] = all(r["acc"] >= 0.82 for r in conv)
-    return {"goal": GOALS[dataset], "met": all(checks.values()), "checks": checks}
+    return {
+        "goal": GOALS[dataset],
+        "met": all(checks.values()),
+        "checks": checks,
+        "verdicts": verdicts_vs_labels(tell),
+    }
+
+
+def verdicts_vs_labels(tell_runs: list[dict]) -> dict[str, Any]:
+    """Does the label-free verdict (learned encoder helped?) agree with the labels (its ACC
+    above identity's on the same seed)? One entry per learned run, and the agreement rate."""
+    identity = {r["seed"]: r for r in tell_runs if r["encoder"] == "identity"}
+    rows = [
+        {
+            "method": r["method"],
+            "seed": r["seed"],
+            "label_free_helped": r["verdict"]["helped"],
+            "labels_helped": bool(r["acc"] > identity[r["seed"]]["acc"]),
+        }
+        for r in tell_runs
+        if r.get("verdict") and r["seed"] in identity
+    ]
+    agree = [r["label_free_helped"] == r["labels_helped"] for r in rows]
+    return {"runs": rows, "agreement": float(np.mean(agree)) if agree else None}
 
 
 def _pct(value: float | None) -> str:

@@ -129,4 +129,4 @@ def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
     assert meta["outcome"]["stop_reason"] == "completed" and meta["outcome"]["restarts"] == 0
     verdict = meta["verdict"]
     assert summary["verdict"] == verdict and isinstance(verdict["helped"], bool)
-    assert -1.0 <= verdict["silhouette_learned"] <= 1.0 and verdict["rows"] == 5000
+    assert 0.0 <= verdict["agreement_learned"] <= 1.0 and verdict["rows"] == 5000
