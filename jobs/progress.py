@@ -296,6 +296,7 @@ def epoch_line(epoch: int, total: int, history: list[dict[str, Any]]) -> str:
         parts.append(f"dead {entry.get('dead_centers', 0)} moved {entry.get('moved', 0)}")
     parts.append(f"{entry.get('rows_per_s', 0):,.0f} rows/s")
     times = [h["epoch_s"] for h in history if isinstance(h.get("epoch_s"), (int, float))]
+    times = times[1:] or times  # the first epoch carries the start-up
     left = max(0, total - epoch - 1)
     if times and left:
         parts.append(f"ETA {left * sum(times) / len(times):.0f} s")

@@ -11,13 +11,15 @@ Layout of one committed unit (a run, or one input partition of an incremental ru
         _SUCCESS                               the manifest (JSON), written LAST
         part-*.parquet                         assigned rows (--partition-by cluster:
                                                cluster=<J>/part-*.parquet, no cluster column)
-        _rejected/part-*.parquet               rows that could not be assigned + reason
-        _staging/<attempt>/...                 the same tree, while an attempt writes it
+        _rejected/part-*.parquet.rejected      rows that could not be assigned + reason
+        _staging/<attempt>/...*.staged         the same tree, while an attempt writes it
 
 So a plain Parquet reader pointed at ``<out>/<run_id>/`` (pyarrow.dataset, pandas, Ray
 Data, Spark; DuckDB with ``*.parquet`` or ``cluster=*/*.parquet``) reads exactly the
 committed assigned rows: it skips ``_``-prefixed names (``_SUCCESS``, ``_rejected``,
-``_staging``), and nothing but committed parts is ever left outside them.
+``_staging``), nothing but committed parts is ever left outside them, and no other file
+ends in ``.parquet`` (Ray Data skips ``_`` names only at the top of the path it reads, so
+an incremental run read from its root relies on the suffix).
 
 Protocol
 --------
@@ -108,10 +110,18 @@ MANIFEST_VERSION = 2  # 2: parts promoted out of _staging/, optional cluster=J/ 
 ASSIGNED, REJECTED = "assigned", "rejected"
 REASON_COLUMN = "reason"
 PARTITION_COLUMN = "cluster"  # the one column --partition-by accepts
-# Where a commit promotes part files in its unit (relative paths): Parquet files at its top,
-# in cluster=J/ and in _rejected/. Other files (another unit's, below dt=.../) are never
-# touched.
-_PART_FILE = re.compile(rf"^(?:{PARTITION_COLUMN}=-?\d+/|{REJECTED_DIR}/)?[^/._][^/]*\.parquet$")
+# Only committed assigned parts end in ".parquet": staged and rejected files carry another
+# suffix, so readers that keep "*.parquet" (Ray Data, DuckDB's globs) skip them even where
+# they skip "_" names only at the top of what they read (Ray Data, reading an incremental
+# run whose partitions hold _staging/ and _rejected/).
+STAGED_SUFFIX = ".staged"
+REJECTED_SUFFIX = ".rejected"
+# Where a commit promotes part files in its unit (relative paths): at its top, in
+# cluster=J/ and in _rejected/. Other files (another unit's, below dt=.../) are never touched.
+_PART_FILE = re.compile(
+    rf"^(?:{PARTITION_COLUMN}=-?\d+/)?[^/._][^/]*\.parquet$"
+    rf"|^{REJECTED_DIR}/[^/._][^/]*\.parquet{REJECTED_SUFFIX}$"
+)
 
 _IO_THREADS = 16
 
@@ -158,14 +168,16 @@ class Attempt:
     def relpath(self, kind: str, name: str, cluster: int | None = None) -> str:
         """Path, relative to the unit, of a staged part file of this attempt."""
         if kind == REJECTED:
-            return f"{self.prefix}/{REJECTED_DIR}/{name}"
+            return f"{self.prefix}/{REJECTED_DIR}/{name}{STAGED_SUFFIX}"
         if cluster is not None:
-            return f"{self.prefix}/{PARTITION_COLUMN}={cluster}/{name}"
-        return f"{self.prefix}/{name}"
+            return f"{self.prefix}/{PARTITION_COLUMN}={cluster}/{name}{STAGED_SUFFIX}"
+        return f"{self.prefix}/{name}{STAGED_SUFFIX}"
 
     def promoted(self, relpath: str) -> str:
-        """Where a staged part lands in the unit once committed (the staging prefix off)."""
-        return relpath[len(self.prefix) + 1 :]
+        """Where a staged part lands in the unit once committed: the staging prefix and
+        suffix off; a rejected part keeps a suffix of its own (see STAGED_SUFFIX)."""
+        path = relpath[len(self.prefix) + 1 :].removesuffix(STAGED_SUFFIX)
+        return path + REJECTED_SUFFIX if path.startswith(REJECTED_DIR + "/") else path
 
 
 def start_attempt(unit: storage.Location) -> Attempt:

@@ -122,7 +122,7 @@ class _StopOnceAPartIsStaged:
                 Bucket=self.bucket, Prefix=f"{self.prefix}/_staging/"
             )
             keys = [o["Key"] for o in listing.get("Contents", [])]
-            if any(k.endswith(".parquet") for k in keys):
+            if any(k.endswith(writer.STAGED_SUFFIX) for k in keys):
                 self.s3_server.stop()
                 self.staged = keys
                 return

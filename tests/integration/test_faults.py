@@ -94,7 +94,7 @@ def _staged_parts(unit: Path) -> list[Path]:
     staging = unit / "_staging"
     if not staging.exists():
         return []
-    return sorted(p for p in staging.rglob("*.parquet") if _has_footer(p))
+    return sorted(p for p in staging.rglob("*" + writer.STAGED_SUFFIX) if _has_footer(p))
 
 
 def _has_footer(path: Path) -> bool:

@@ -81,11 +81,9 @@ def runs(tmp_path_factory):
 
 
 def _rows(result) -> int:
-    if hasattr(result, "count"):  # a Ray Dataset
-        return result.count()
     if hasattr(result, "shape"):  # a pandas DataFrame
         return result.shape[0]
-    return result.count()  # a Spark DataFrame
+    return result.count()  # a Ray Dataset, a Spark DataFrame
 
 
 ENGINES = ["pandas", "DuckDB", "Ray Data", "Spark"]

@@ -81,6 +81,9 @@ def test_counts_reconcile_and_manifest_lists_exactly_the_files(unit):
     # promoted out of staging: beside _SUCCESS, rejected rows under _rejected/
     assert all(f["path"].startswith("part-") for f in manifest["files"])
     assert all(f["path"].startswith("_rejected/part-") for f in manifest["rejected_files"])
+    # only committed assigned parts end in .parquet (readers that keep *.parquet, #12)
+    assert all(f["path"].endswith(".parquet.rejected") for f in manifest["rejected_files"])
+    assert all(f["path"].endswith(".parquet") for f in manifest["files"])
     assert commit.staged_files(unit) == [] and not storage.exists(unit.join("_staging"))
     assert manifest["format_version"] == 2 and manifest["partition_by"] == []
     assert manifest["tell_version"] and manifest["created"].endswith("+00:00")
