@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import sys
 import traceback
 import types
@@ -19,8 +18,7 @@ import typing
 from typing import Any
 
 from jobs.config import CHOICES, job_fields, load_job, required_keys
-from tell import errors as tell_errors
-from tell.errors import TellError
+from jobs.runtime import one_line, user_error
 
 COMMANDS = {
     "train": "Fit TELL on Parquet data with Ray Train (DDP), checkpointing to object storage.",
@@ -29,6 +27,14 @@ COMMANDS = {
     "explain": "Write a self-contained HTML report explaining a model on a data set.",
     "demo": "Run the whole pipeline locally on bundled data: train, assign, evaluate, explain; "
     "ends with where everything went and the ACC/NMI/ARI table.",
+}
+# The module whose ``main(job)`` runs each command, in stage order.
+ENTRY_POINTS = {
+    "train": "jobs.train.driver",
+    "assign": "jobs.assign.driver",
+    "evaluate": "jobs.report.evaluate",
+    "explain": "jobs.report.explain",
+    "demo": "jobs.demo",
 }
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -106,43 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error(exc: BaseException) -> TellError | None:
-    """The TellError behind ``exc``, looking through Ray's wrappers and exception chains."""
-    seen: set[int] = set()
-    stack = [exc]
-    remote: list[BaseException] = []
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, TellError):
-            return current
-        if type(current).__module__.startswith("ray."):
-            remote.append(current)
-        stack += [
-            getattr(current, "cause", None),
-            current.__cause__,
-            current.__context__,
-            *getattr(current, "worker_failures", {}).values(),
-        ]
-        stack = [e for e in stack if isinstance(e, BaseException)]
-    return next(filter(None, map(_user_error_from_text, remote)), None)
-
-
-# Ray Data re-raises a task's exception as RayTaskError(UserCodeException) whose chain no
-# longer holds the original object, only its traceback text: "tell.errors.TellDataError: ...".
-_REMOTE_TELL_ERROR = re.compile(r"^tell\.errors\.(\w+): (.+)$", re.MULTILINE)
-
-
-def _user_error_from_text(exc: BaseException) -> TellError | None:
-    for name, message in _REMOTE_TELL_ERROR.findall(str(exc)):
-        cls = getattr(tell_errors, name, None)
-        if isinstance(cls, type) and issubclass(cls, TellError):
-            return cls(message.strip())
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -158,17 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         job = load_job(args.command, args.config, overrides)
-        module = importlib.import_module(f"jobs.{args.command}")
-        result = module.main(*job) if isinstance(job, tuple) else module.main(job)
+        module = importlib.import_module(ENTRY_POINTS[args.command])
+        result = module.main(job)
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        user_error = _user_error(exc)
-        if user_error is not None:
-            print(f"tell {args.command}: error: {_one_line(user_error)}", file=sys.stderr)
+        found = user_error(exc)
+        if found is not None:
+            print(f"tell {args.command}: error: {one_line(found)}", file=sys.stderr)
             return EXIT_USER_ERROR
         print(
-            f"tell {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"tell {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} "
             "(run with --debug for the traceback)",
             file=sys.stderr,
         )
@@ -178,11 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None and not getattr(module, "PRINTS_REPORT", False):
         print(json.dumps(result, indent=2, default=str))
     return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

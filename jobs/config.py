@@ -1,8 +1,10 @@
 """Job configs: one schema for YAML files and command-line flags, validated before Ray starts.
 
 Each job has a frozen dataclass. Its fields are the config-file keys and, in kebab-case, the
-command-line flags (``batch_size`` <-> ``--batch-size``). The train job also takes every key
-of :class:`tell.config.TrainConfig` at the top level (``k``, ``encoder``, ``epochs``, ...).
+command-line flags (``batch_size`` <-> ``--batch-size``). A field whose type is itself a
+config dataclass is not a key: its class's keys sit at the top level beside the job's. So
+the train job's ``config`` (a :class:`tell.config.TrainConfig`) takes ``k``, ``encoder``,
+``epochs``, ... directly, as flags and as YAML keys.
 Values come from the YAML file given with ``--config``, then flags override them. Unknown
 keys, wrong types and impossible values are refused with the key's name.
 """
@@ -78,6 +80,9 @@ class Resources:
         check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_open=True)
 
 
+_TRAIN_CONFIG_WHERE = "train config"
+
+
 @dataclass(frozen=True)
 class TrainJob(Resources):
     """``tell train``: fit TELL on Parquet data with Ray Train DDP.
@@ -100,6 +105,9 @@ class TrainJob(Resources):
     name: str = "tell-train"
     max_failures: int = 3
     materialize: str = "auto"
+    # The model's hyperparameters: their keys stand at the top level (``k``, ``epochs``).
+    # build_job passes them as a mapping, which __post_init__ validates.
+    config: TrainConfig = dataclasses.field(kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +115,17 @@ class TrainJob(Resources):
         check_run_id("name", self.name)
         check_range("max_failures", self.max_failures, low=0)
         check_choice("materialize", self.materialize, MATERIALIZE)
+        if isinstance(self.config, dict):  # the keys from a file and flags (build_job): they
+            # are checked after the job's own keys
+            object.__setattr__(
+                self, "config", from_mapping(TrainConfig, self.config, _TRAIN_CONFIG_WHERE)
+            )
+        if self.config.init_sample_rows < self.config.k:
+            # The centers are initialised from this sample (k-means++ picks k of its rows).
+            raise TellConfigError(
+                f"The 'init_sample_rows' ({self.config.init_sample_rows}) must be at least 'k' "
+                f"({self.config.k}): the k initial centers are drawn from that sample."
+            )
 
 
 @dataclass(frozen=True)
@@ -272,10 +291,31 @@ def _not_empty(key: str, value: str) -> None:
         raise TellConfigError(f"The {key!r} must be a non-empty column or path. Got {value!r}.")
 
 
+def _nested(cls: type) -> dict[str, type]:
+    """Fields of ``cls`` that hold a config dataclass (their keys sit at the top level)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def _required_fields(cls: type) -> tuple[str, ...]:
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+
+
 def required_keys(kind: str) -> tuple[str, ...]:
-    """Keys a ``kind`` job cannot run without (its class's REQUIRED, and ``k`` for train)."""
-    extra = ("k",) if kind == "train" else ()
-    return JOBS[kind].REQUIRED + extra
+    """Keys a ``kind`` job cannot run without: its class's REQUIRED, then the keys without a
+    default of the config classes it holds (``k`` for train)."""
+    job_cls = JOBS[kind]
+    return job_cls.REQUIRED + tuple(
+        key for cls in _nested(job_cls).values() for key in _required_fields(cls)
+    )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -298,31 +338,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_job(kind: str, values: dict[str, Any]) -> Any:
-    """Validate ``values`` (merged file + flags) into the job's config object.
-
-    For ``train`` returns ``(TrainJob, TrainConfig)``; otherwise the job dataclass.
-    """
+    """Validate ``values`` (merged file + flags) into the job's config object."""
     where = f"{kind} config"
     job_cls = JOBS[kind]
-    if kind != "train":
+    nested = _nested(job_cls)
+    if not nested:
         return from_mapping(job_cls, values, where)
-    model_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    job_keys = {f.name for f in dataclasses.fields(TrainJob)}
-    unknown = sorted(set(values) - model_keys - job_keys)
+    owner = {f.name: None for f in dataclasses.fields(job_cls) if f.name not in nested}
+    for name, cls in nested.items():
+        owner.update({f.name: name for f in dataclasses.fields(cls)})
+    unknown = sorted(set(values) - set(owner))
     if unknown:
         raise TellConfigError(
-            f"Unknown key {unknown[0]!r} in the {where}; valid keys are "
-            f"{sorted(model_keys | job_keys)}."
+            f"Unknown key {unknown[0]!r} in the {where}; valid keys are {sorted(owner)}."
         )
-    job = from_mapping(TrainJob, {k: v for k, v in values.items() if k in job_keys}, where)
-    model = from_mapping(TrainConfig, {k: v for k, v in values.items() if k in model_keys}, where)
-    if model.init_sample_rows < model.k:
-        # The centers are initialised from this sample (k-means++ picks k of its rows).
-        raise TellConfigError(
-            f"The 'init_sample_rows' ({model.init_sample_rows}) must be at least 'k' "
-            f"({model.k}): the k initial centers are drawn from that sample."
-        )
-    return job, model
+    job_values = {k: v for k, v in values.items() if owner[k] is None}
+    for name in nested:  # a mapping: the job validates it after its own keys
+        job_values[name] = {k: v for k, v in values.items() if owner[k] == name}
+    return from_mapping(job_cls, job_values, where)
 
 
 def load_job(kind: str, config_path: str | None, overrides: dict[str, Any]) -> Any:
@@ -349,13 +382,17 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def job_fields(kind: str) -> list[tuple[str, Any, Any, str]]:
-    """(name, annotation, default, help) for every key of a job, in a stable order."""
-    classes = [JOBS[kind]] + ([TrainConfig] if kind == "train" else [])
+    """(name, annotation, default, help) for every key of a job, in a stable order: the
+    job's own keys, then those of the config classes it holds."""
+    job_cls = JOBS[kind]
+    nested = _nested(job_cls)
     out = []
-    for cls in classes:
+    for cls in [job_cls, *nested.values()]:
         hints = typing.get_type_hints(cls)
         docs = {**field_docs(Resources), **field_docs(cls)}
         for f in dataclasses.fields(cls):
+            if cls is job_cls and f.name in nested:
+                continue
             default = None if f.default is dataclasses.MISSING else f.default
             out.append((f.name, hints[f.name], default, docs.get(f.name, "")))
     return out

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs import assign, evaluate, explain, train
+from jobs.assign import driver as assign
 from jobs.config import AssignJob, DemoJob, EvaluateJob, ExplainJob, TrainJob
+from jobs.report import evaluate, explain
+from jobs.train import driver as train
 from tell.config import TrainConfig
 from tell.datasets import Dataset, load_digits, load_mnist, mnist_available
 from tell.io import write_parquet_files
@@ -59,11 +61,11 @@ def main(job: DemoJob) -> dict[str, Any]:
         workers=job.workers,
         cpus_per_worker=job.cpus_per_worker,
         gpus_per_worker=job.gpus_per_worker,
+        config=TrainConfig(
+            k=data.n_classes, encoder="identity", epochs=job.epochs, batch_size=128, seed=0
+        ),
     )
-    cfg = TrainConfig(
-        k=data.n_classes, encoder="identity", epochs=job.epochs, batch_size=128, seed=0
-    )
-    trained = _stage("train", train.main, train_job, cfg)
+    trained = _stage("train", train.main, train_job)
     assigned = _stage(
         "assign",
         assign.main,

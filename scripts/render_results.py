@@ -27,7 +27,7 @@ def _quality(data: dict) -> list[str]:
     lines = [
         f"**Quality, {data['dataset']}** ({d.get('rows', '?')} rows, k={d.get('n_clusters', '?')}; "
         f"{data['summary'][next(iter(data['summary']))]['seeds']} seeds; "
-        f"`python -m jobs.benchmark quality {argv}`)",
+        f"`python -m bench quality {argv}`)",
         "",
         "| method | ACC % mean / min | NMI % mean / min | ARI % mean / min | wall s |",
         "|---|---|---|---|---|",
@@ -64,7 +64,7 @@ def _verdicts(by_method: object) -> str:
 
 def _assign(data: dict) -> list[str]:
     lines = [
-        "**Assignment kernel** (rows/s, d=128, k=1024; `python -m jobs.benchmark assign`)",
+        "**Assignment kernel** (rows/s, d=128, k=1024; `python -m bench assign`)",
         "",
         "| threads | tell.assign | faiss IndexFlatIP k=1 | faiss k=2 | tell / faiss k=1 "
         "| % of GEMM |",
@@ -115,7 +115,7 @@ def _assign(data: dict) -> list[str]:
 
 def _train(data: dict, source: str = "train.json") -> list[str]:
     p = data["params"]
-    command = data.get("command") or "python -m jobs.benchmark train"
+    command = data.get("command") or "python -m bench train"
     lines = [
         f"**Distributed training, `{source}`** ({p['rows']} x {p['dim']}, k={p['k']}, "
         f"identity encoder, {p['cpus_per_worker']} CPU per worker; `{command}`)",

@@ -29,6 +29,7 @@ from tell.metrics import inertia as inertia_of
 from tell.model import TELLNet
 from tell.optim import make_optimizer
 from tell.schedule import EpochPlan, EpochSchedule, phase_for_epoch
+from tell.verdict import encoder_verdict, verdict_rows
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class TELL:
     n_iter_ : int, epochs run.
     history_ : list of dict, per-epoch statistics of the kept run.
     outcome_ : dict, what the schedule's guard did (stop reason, restarts, events).
+    verdict_ : dict or None, for a learned encoder: whether it beat the identity encoder on a
+        bounded sample, judged without labels (:func:`judge_encoder`).
     n_features_in_ : int, values per input row.
     """
 
@@ -154,6 +157,11 @@ class TELL:
         z = self._encode(x_all)
         self.labels_ = assign(z, self.model_.cluster.centers).labels.cpu().numpy()
         self.inertia_ = inertia_of(z.cpu().numpy(), self.cluster_centers_, self.labels_)
+        self.verdict_ = (
+            judge_encoder(self.model_, _sample(x_all, verdict_rows(cfg.k), cfg.seed), cfg.seed)
+            if self.model_.has_decoder
+            else None
+        )
         return self
 
     def partial_fit(self, X: Any, y: Any = None) -> TELL:
@@ -266,7 +274,12 @@ class TELL:
     def save(self, directory: str | Path) -> None:
         """Write the fitted model as safetensors + JSON metadata into ``directory``."""
         self._check_fitted()
-        meta = {"config": self._config().to_dict(), "n_iter": self.n_iter_}
+        meta = {
+            "config": self._config().to_dict(),
+            "n_iter": self.n_iter_,
+            "outcome": getattr(self, "outcome_", None),
+            "verdict": getattr(self, "verdict_", None),
+        }
         checkpoint.save(self.model_, directory, meta)
 
     @classmethod
@@ -355,6 +368,22 @@ class TELL:
         )
         net.train(was_training)
         return z
+
+
+def judge_encoder(net: TELLNet, x_sample: torch.Tensor, seed: int) -> dict[str, Any]:
+    """The label-free verdict of :mod:`tell.verdict` for a trained model with a learned
+    encoder: its clusters of ``x_sample`` (n, D) against those of the identity encoder
+    (TELL defaults) fitted on the same rows. The Ray train loop calls this too."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        learned = assign(net.encode(x_sample), net.cluster.centers).labels
+    net.train(was_training)
+    flat = x_sample.reshape(x_sample.shape[0], -1).cpu().numpy()
+    identity = TELL(net.cluster.n_clusters, random_state=seed).fit(flat)
+    return encoder_verdict(
+        x_sample.cpu(), learned.cpu(), torch.from_numpy(identity.labels_), net.cluster.n_clusters
+    )
 
 
 def _sample(x_all: torch.Tensor, n_rows: int, seed: int) -> torch.Tensor:

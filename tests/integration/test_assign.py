@@ -19,9 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import assign, commit, storage
+from jobs import storage
+from jobs.assign import driver as assign
+from jobs.commit import reader, writer
 from jobs.config import AssignJob
-from jobs.model_store import save_model
+from jobs.model import save_model
 from tell import TELL
 from tell.datasets import make_spherical_blobs
 from tell.errors import TellError
@@ -44,8 +46,12 @@ def fitted():
     return est, X, np.arange(N_ROWS, dtype=np.int64) + ID_OFFSET
 
 
-def _write_input(root: storage.Location, X: np.ndarray, ids: np.ndarray, n_files=N_FILES):
+def _write_input(
+    root: storage.Location, X: np.ndarray, ids: np.ndarray, n_files=N_FILES, labels=None
+):
     table = embeddings_to_table(X, ids=ids)
+    if labels is not None:
+        table = table.append_column("label", pa.array(labels))
     bounds = np.linspace(0, len(ids), n_files + 1).astype(int)
     for i in range(n_files):
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
@@ -68,7 +74,7 @@ def _job(model, data, out, run_id, **kw):
 
 def _check_exactly_once(unit_uri, ids):
     """N rows out, ids unique and equal to the input's; NaN rows rejected with a reason."""
-    table = commit.read_committed(unit_uri, include_rejected=True)
+    table = reader.read_committed(unit_uri, include_rejected=True)
     assert table.num_rows == len(ids)
     out_ids = np.sort(table["id"].to_numpy())
     np.testing.assert_array_equal(out_ids, np.sort(ids))  # unique + equal
@@ -76,7 +82,7 @@ def _check_exactly_once(unit_uri, ids):
     assert sorted(rejected["id"].to_pylist()) == sorted((NAN_ROWS + ID_OFFSET).tolist())
     assert set(rejected["reason"].to_pylist()) == {"non-finite value"}
     assert rejected["cluster"].null_count == len(NAN_ROWS)
-    manifest = commit.read_manifest(storage.resolve(unit_uri))
+    manifest = reader.read_manifest(storage.resolve(unit_uri))
     assert manifest["rows"] == {
         "input": len(ids),
         "assigned": len(ids) - len(NAN_ROWS),
@@ -152,9 +158,9 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     assert "\n" not in message and "Nothing was committed" in message, message
     assert "S3" in message or "storage" in message.lower(), message
     storage.clear_cache()
-    assert not storage.exists(unit.join(commit.MANIFEST_FILE))
+    assert not storage.exists(unit.join(writer.MANIFEST_FILE))
     with pytest.raises(TellError, match="not a committed assignment"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
 
     # 2. After the restart, the same run id: exactly N rows, the input's ids, once.
     summary = assign.main(job)
@@ -188,13 +194,13 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
         s3_server.start()
     assert "\n" not in str(info.value) and "Nothing was committed" in str(info.value)
     storage.clear_cache()
-    assert commit.read_manifest(unit)["attempt"] == first["attempt"]
+    assert reader.read_manifest(unit)["attempt"] == first["attempt"]
 
     # 4. Re-running the same run id replaces the output: still exactly N rows.
     assert assign.main(job)["rows"] == N_ROWS
     _, second = _check_exactly_once(unit.uri, ids)
     assert second["attempt"] != first["attempt"]
-    leftovers = commit._staged_files(unit)  # failed and replaced attempts were collected
+    leftovers = writer._staged_files(unit)  # failed and replaced attempts were collected
     assert leftovers and all(second["attempt"] in rel for rel in leftovers)
 
 
@@ -210,17 +216,17 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
 
     first = assign.main(job)
     assert first["partitions_assigned"] == ["dt=2026-11-27"] and first["rows"] == half
-    m1 = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+    m1 = reader.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
 
     _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
     second = assign.main(job)
     assert second["partitions_assigned"] == ["dt=2026-11-28"]
     assert second["partitions_skipped"] == ["dt=2026-11-27"]
     assert second["rows"] == N_ROWS - half
-    again = commit.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
+    again = reader.read_manifest(storage.resolve(str(out / "nightly" / "dt=2026-11-27")))
     assert again["attempt"] == m1["attempt"]  # untouched
     tables = [
-        commit.read_committed(str(out / "nightly" / day), include_rejected=True)
+        reader.read_committed(str(out / "nightly" / day), include_rejected=True)
         for day in ("dt=2026-11-27", "dt=2026-11-28")
     ]
     all_ids = np.sort(np.concatenate([t["id"].to_numpy() for t in tables]))
@@ -232,12 +238,15 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
 
 
 def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fitted):
+    """tell assign and tell evaluate take the same hive-partitioned --data (issue 10)."""
     est, X, ids = fitted
     data, out = tmp_path / "data", tmp_path / "out"
     out.mkdir()
     half = N_ROWS // 2  # hive-partitioned input read as a whole (not incremental)
-    _write_input(storage.resolve(str(data / "dt=2026-11-27")), X[:half], ids[:half], n_files=2)
-    _write_input(storage.resolve(str(data / "dt=2026-11-28")), X[half:], ids[half:], n_files=2)
+    labels = (ids % 3).astype(np.int64)
+    for day, rows in (("dt=2026-11-27", slice(None, half)), ("dt=2026-11-28", slice(half, None))):
+        loc = storage.resolve(str(data / day))
+        _write_input(loc, X[rows], ids[rows], n_files=2, labels=labels[rows])
     model = _save(est, str(tmp_path / "model"))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster_s3.address_info["gcs_address"]}
     base = [sys.executable, "-m", "jobs.cli", "assign", "--model", model, "--data", str(data)]
@@ -251,6 +260,15 @@ def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fit
     assert summary["rows"] == N_ROWS and summary["rejected"] == len(NAN_ROWS)
     assert summary["run"] == str(out / "cli")
     _check_exactly_once(str(out / "cli"), ids)
+
+    evaluate = [sys.executable, "-m", "jobs.cli", "evaluate", "--assignments", str(out / "cli")]
+    scored = subprocess.run(
+        [*evaluate, "--data", str(data)], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    metrics = json.loads(scored.stdout)
+    assert metrics["rows"] == N_ROWS - len(NAN_ROWS) == metrics["labelled_rows"]
+    assert metrics["unmatched_rows"] == 0 and 0.0 < metrics["acc"] <= 1.0
 
     bad = subprocess.run(
         [*base, "--out", str(out), "--column", "nope"],

@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.commit import reader, writer
+
 pytestmark = pytest.mark.integration
 
 N_ROWS, DIM, K = 300, 8, 4
@@ -140,7 +142,7 @@ def world(tmp_path_factory):
     """Every bad (and good) input of the table, on local disk; returns {placeholder: path}."""
     import torch
 
-    from jobs.model_store import save_model
+    from jobs.model import save_model
     from tell import TELL
 
     root = tmp_path_factory.mktemp("bad-inputs")
@@ -560,7 +562,6 @@ def ray_outcomes(request, ray_with_s3_credentials, s3_server, s3_world, world, c
 
 @pytest.mark.parametrize("case_id", list(RAY_CASES))
 def test_rows_through_ray(case_id, ray_outcomes, world, s3_world):
-    from jobs import commit
 
     outcome = ray_outcomes[case_id]
     cwd = Path(world["root"]) / "cases" / case_id
@@ -596,10 +597,10 @@ def test_rows_through_ray(case_id, ray_outcomes, world, s3_world):
     summary = json.loads(outcome.out)
     assert (summary["rows"], summary["assigned"], summary["rejected"]) == (N_ROWS, N_ROWS - 6, 6)
     if on_s3:
-        key = f"cases/{case_id}/out/r/{commit.MANIFEST_FILE}"
+        key = f"cases/{case_id}/out/r/{writer.MANIFEST_FILE}"
         manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     else:
-        manifest = json.loads((Path(out) / "r" / commit.MANIFEST_FILE).read_text())
+        manifest = json.loads((Path(out) / "r" / writer.MANIFEST_FILE).read_text())
     assert manifest["rows"] == {"input": N_ROWS, "assigned": N_ROWS - 6, "rejected": 6}
     assert manifest["rejected_reasons"] == {
         "non-finite value": 3,
@@ -608,7 +609,7 @@ def test_rows_through_ray(case_id, ray_outcomes, world, s3_world):
         "null": 1,
     }
     # (on S3 through the credentials ray_with_s3_credentials put in this process' environment)
-    table = commit.read_committed(f"{out}/r", include_rejected=True)
+    table = reader.read_committed(f"{out}/r", include_rejected=True)
     assert sorted(table["id"].to_pylist()) == list(range(N_ROWS))  # every row exactly once
     rejected = table.filter(table["reason"].is_valid())
     assert sorted(rejected["id"].to_pylist()) == [3, 10, 99, 150, 200, 251]

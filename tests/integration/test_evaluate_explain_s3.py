@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import commit, evaluate, explain, storage
+from jobs import storage
+from jobs.commit import writer as commit
 from jobs.config import EvaluateJob, ExplainJob
-from jobs.model_store import save_model
+from jobs.model import save_model
+from jobs.report import evaluate, explain
 from tell.encoders import EncoderSpec
 from tell.errors import TellDataError
 from tell.io import embeddings_to_table

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import explain
 from jobs.config import ExplainJob
-from jobs.model_store import save_model
+from jobs.model import save_model
+from jobs.report import explain
 from tell.datasets import load_digits
 from tell.encoders import EncoderSpec
 from tell.io import embeddings_to_table, write_parquet_files

@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.commit import reader, writer
+
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 600
@@ -53,7 +55,7 @@ N_ROWS, DIM, K, N_FILES = 40_000, 16, 8, 8
 @pytest.fixture(scope="module")
 def assign_inputs(tmp_path_factory):
     """(model dir, data dir, ids): a small TELL model and N rows in N_FILES files."""
-    from jobs.model_store import save_model
+    from jobs.model import save_model
     from tell import TELL
     from tell.datasets import make_spherical_blobs
     from tell.io import embeddings_to_table, write_parquet_files
@@ -125,16 +127,14 @@ def _kill_while_writing(argv, env, unit: Path, log: Path) -> float:
 
 
 def _committed_ids(unit: Path) -> np.ndarray:
-    from jobs import commit
 
-    table = commit.read_committed(str(unit), include_rejected=True)
+    table = reader.read_committed(str(unit), include_rejected=True)
     return table["id"].to_numpy()
 
 
 def test_driver_killed_during_assignment_then_rerun_same_run_id(
     ray_cluster, assign_inputs, tmp_path
 ):
-    from jobs import commit
 
     model, data, ids = assign_inputs
     out = tmp_path / "out"
@@ -146,9 +146,9 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
     ran_s = _kill_while_writing(argv, env, unit, tmp_path / "kill-1.log")
     killed_parts = _staged_parts(unit)
     assert killed_parts, "nothing was staged before the kill"
-    assert not (unit / commit.MANIFEST_FILE).exists(), "a killed run committed"
+    assert not (unit / writer.MANIFEST_FILE).exists(), "a killed run committed"
     with pytest.raises(Exception, match="not a committed assignment"):
-        commit.read_committed(str(unit))
+        reader.read_committed(str(unit))
     print(f"\nkilled after {ran_s:.1f} s with {len(killed_parts)} staged part(s)")
 
     # 2. Re-run with the same run id: exactly N rows, ids unique and equal to the input's.
@@ -158,7 +158,7 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
     got = _committed_ids(unit)
     assert len(got) == N_ROWS
     np.testing.assert_array_equal(np.sort(got), np.sort(ids))  # no loss, no duplicate
-    manifest = json.loads((unit / commit.MANIFEST_FILE).read_text())
+    manifest = json.loads((unit / writer.MANIFEST_FILE).read_text())
     assert manifest["rows"] == {"input": N_ROWS, "assigned": N_ROWS, "rejected": 0}
     listed = {f["path"] for f in manifest["files"]}
     killed_attempts = {p.relative_to(unit).parts[1] for p in killed_parts}
@@ -167,7 +167,7 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
 
     # 3. Killed during a re-run of the committed run: the previous commit stands, whole.
     _kill_while_writing(argv, env, unit, tmp_path / "kill-2.log")
-    again = json.loads((unit / commit.MANIFEST_FILE).read_text())
+    again = json.loads((unit / writer.MANIFEST_FILE).read_text())
     assert again["attempt"] == manifest["attempt"]
     got = _committed_ids(unit)
     assert len(got) == N_ROWS and len(np.unique(got)) == N_ROWS
@@ -399,26 +399,26 @@ def _write_parts(root, n_files: int = 3) -> None:
 
 def test_parquet_footers_read_through_throttling(proxy, s3_bucket):
     """Reading every footer (what each job does first, on the driver) rides out SlowDowns."""
-    from jobs.data import inspect_input
+    from jobs.input.inspect import open_input
 
     root = _through(proxy, s3_bucket).join("data")
     _write_parts(root)
     proxy.clear()
     proxy.fail(6, 503, "SlowDown", match=lambda method, path: "/part-" in path)
-    info = inspect_input(root.uri, "x")
+    info = open_input(root.uri, "x")
     assert (info.num_rows, info.dim, len(info.files)) == (30, 2, 3)
     statuses = proxy.statuses()
     assert statuses.count(503) == 6 and statuses[-1] in (200, 206), proxy.log
 
 
 def test_preflight_rides_out_throttling(proxy, s3_bucket):
-    from jobs.data import inspect_input
+    from jobs.input.inspect import open_input
 
     root = _through(proxy, s3_bucket).join("data")
     _write_parts(root)
     proxy.clear()
     proxy.fail(3, 503, "SlowDown")  # the first requests: the preflight's LIST
-    assert inspect_input(root.uri, "x").num_rows == 30
+    assert open_input(root.uri, "x").num_rows == 30
 
 
 def test_permanent_errors_fail_fast_with_one_clear_line(proxy, s3_bucket):

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.commit import reader
+
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 900
@@ -260,12 +262,11 @@ def _committed_run_with_manifest_entry(tmp_path: Path, entry: str) -> Path:
     "entry", ["../../elsewhere/part-0.parquet", "{tmp}/elsewhere/part-0.parquet"]
 )
 def test_assignment_reader_stays_inside_the_run(tmp_path, entry):
-    from jobs import commit
     from tell.errors import TellError
 
     run = _committed_run_with_manifest_entry(tmp_path, entry.format(tmp=tmp_path))
     with pytest.raises(TellError, match="unsafe"):
-        commit.read_committed(str(run))
+        reader.read_committed(str(run))
 
 
 def test_evaluate_refuses_manifest_entries_outside_the_run(tmp_path, capsys):

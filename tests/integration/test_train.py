@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import train
 from jobs.config import TrainJob
-from jobs.model_store import load_model
+from jobs.model import load_model
+from jobs.train import driver as train
 from tell.config import TrainConfig
 from tell.metrics import cluster_accuracy
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 K = 8  # clusters of the training_blobs fixture (tests/conftest.py)
 
 
-def _job(data_dir, out, name, workers=2, **kw):
-    return TrainJob(data=str(data_dir), out=str(out), name=name, workers=workers, **kw)
+def _job(data_dir, out, name, cfg, workers=2, **kw):
+    return TrainJob(data=str(data_dir), out=str(out), name=name, workers=workers, config=cfg, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def clean_run(ray_cluster, training_blobs, tmp_path_factory):
     data_dir, _ = training_blobs
     out = tmp_path_factory.mktemp("clean")
     cfg = TrainConfig(k=K, epochs=4, batch_size=256, seed=0)
-    return train.main(_job(data_dir, out, "ddp-2"), cfg), out, cfg
+    return train.main(_job(data_dir, out, "ddp-2", cfg)), out, cfg
 
 
 def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, training_blobs):
@@ -62,7 +62,7 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     monkeypatch.setenv(
         "TELL_FAULT_INJECT", f"kill:rank=1:epoch={killed_epoch}:step=3:marker={marker}"
     )
-    summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", max_failures=2), cfg)
+    summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", cfg, max_failures=2))
     assert marker.exists(), "the fault was not injected"
     assert summary["epochs"] == 4
     faulty_model, faulty_meta = load_model(summary["model"])
@@ -83,3 +83,28 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     a, b = faulty_model.cluster.centers.numpy(), clean_model.cluster.centers.numpy()
     cos = a @ b.T
     assert np.all(cos.max(axis=1) > 0.99), cos.max(axis=1)
+
+
+def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
+    ray_cluster, training_blobs, tmp_path
+):
+    """Issues 10 and 11: the Ray loop runs tell/schedule.py's plan (pretraining, init,
+    alternation, repair window) exactly as the estimator does for the same config, and the
+    published model carries the guard's outcome and the label-free verdict."""
+    from tell import TELL
+
+    data_dir, data = training_blobs
+    cfg = TrainConfig(k=K, encoder="mlp", hidden_dims=(32,), epochs=5, pretrain_epochs=2, seed=0)
+    summary = train.main(_job(data_dir, tmp_path, "mlp-plan"), cfg)
+    _, meta = load_model(summary["model"])
+    est = TELL(K, encoder="mlp", hidden_dims=(32,), max_iter=5, pretrain_epochs=2,
+               random_state=0).fit(data.X)  # fmt: skip
+    plan = ("epoch", "phase", "repair", "cluster_weight")
+    assert [tuple(h[k] for k in plan) for h in meta["history"]] == [
+        tuple(h[k] for k in plan) for h in est.history_
+    ]
+    assert [h["phase"] for h in meta["history"]][:3] == ["pretrain", "pretrain", "centers"]
+    assert meta["outcome"]["stop_reason"] == "completed" and meta["outcome"]["restarts"] == 0
+    verdict = meta["verdict"]
+    assert summary["verdict"] == verdict and isinstance(verdict["helped"], bool)
+    assert 0.0 <= verdict["agreement_learned"] <= 1.0 and verdict["rows"] == 5000

@@ -6,7 +6,7 @@ import torch
 
 from jobs import storage, train
 from jobs.config import TrainJob
-from jobs.model_store import load_model
+from jobs.model import load_model
 from tell.config import TrainConfig
 from tell.metrics import cluster_accuracy
 
@@ -26,9 +26,13 @@ def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, training_blobs, s3_buck
         )
     cfg = TrainConfig(k=K, epochs=2, batch_size=256, seed=0)
     job = TrainJob(
-        data=f"{s3_bucket}/input", out=f"{s3_bucket}/out", name="s3run", materialize="never"
+        data=f"{s3_bucket}/input",
+        out=f"{s3_bucket}/out",
+        name="s3run",
+        materialize="never",
+        config=cfg,
     )
-    summary = train.main(job, cfg)
+    summary = train.main(job)
     assert summary["model"] == f"{s3_bucket}/out/s3run/model"
     assert summary["materialized"] is False and summary["rows"] == 6000
     model, meta = load_model(summary["model"])

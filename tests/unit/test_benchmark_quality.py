@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from jobs import benchmark
-from jobs.benchmarks import quality
+from bench import quality
+from bench import runner as benchmark
 
 
 @pytest.fixture(scope="module")
@@ -68,5 +68,5 @@ def test_optimizer_flag_sets_its_default_lr():
 def test_dispatcher_reports_missing_benchmark(capsys, monkeypatch):
     monkeypatch.setitem(benchmark.BENCHMARKS, "nosuch", "missing on purpose")
     assert benchmark.main(["nosuch"]) == benchmark.EXIT_USAGE
-    assert "jobs/benchmarks/nosuch.py does not exist" in capsys.readouterr().err
+    assert "bench/nosuch.py does not exist" in capsys.readouterr().err
     assert benchmark.main(["unknown"]) == benchmark.EXIT_USAGE

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from jobs import benchmark
-from jobs.benchmarks import train as bench
+from bench import runner as benchmark
+from bench import train as bench
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from jobs import cli
+from jobs import cli, runtime
 from jobs.config import load_job
 from tell.errors import TellCheckpointError, TellConfigError, TellDataError, TellError
 
@@ -252,6 +252,15 @@ class _Wrapper(Exception):
         self.cause = cause
 
 
+class _TellWrapper(TellDataError):
+    """Like ray.exceptions.RayTaskError(TellDataError): a subclass of the error it carries
+    in ``.cause``, whose own text is a traceback."""
+
+    def __init__(self, cause):
+        super().__init__("Traceback (most recent call last): ...")
+        self.cause = cause
+
+
 class _TrainingFailed(Exception):
     """Like Ray Train's TrainingFailedError: failures per worker rank."""
 
@@ -276,20 +285,21 @@ def _chained() -> BaseException:
         (TellConfigError("direct"), "direct"),
         (_Wrapper(TellCheckpointError("in cause")), "in cause"),
         (_Wrapper(_Wrapper(TellDataError("deep"))), "deep"),
+        (_TellWrapper(TellDataError("the innermost")), "the innermost"),
         (_TrainingFailed({1: RuntimeError("x"), 0: TellDataError("rank 0")}), "rank 0"),
         (_chained(), "in the context"),
         (RuntimeError("plain"), None),
     ],
 )
 def test_user_error_found_through_wrappers(exc, expected):
-    found = cli._user_error(exc)
+    found = runtime.user_error(exc)
     assert (found and str(found)) == expected
 
 
 def test_user_error_chain_with_a_cycle_terminates():
     a, b = RuntimeError("a"), RuntimeError("b")
     a.__context__, b.__context__ = b, a
-    assert cli._user_error(a) is None
+    assert runtime.user_error(a) is None
 
 
 def test_user_error_from_ray_data_traceback_text():
@@ -302,14 +312,14 @@ def test_user_error_from_ray_data_traceback_text():
         "The above exception was the direct cause of the following exception:\n\n"
         "ray.exceptions.UserCodeException: UDF failed to process a data block."
     )
-    found = cli._user_error(remote(text))
+    found = runtime.user_error(remote(text))
     assert isinstance(found, TellDataError) and isinstance(found, TellError)
     assert str(found) == "Column 'e' has type string, which is not numeric."
     # Only Ray's exceptions are parsed; the names must be tell's error classes.
-    assert cli._user_error(RuntimeError(text)) is None
-    assert cli._user_error(remote("tell.errors.NoSuchError: x\ntell.errors.TellError: y")).args == (
-        "y",
-    )
+    assert runtime.user_error(RuntimeError(text)) is None
+    assert runtime.user_error(
+        remote("tell.errors.NoSuchError: x\ntell.errors.TellError: y")
+    ).args == ("y",)
 
 
 # ---------------------------------------------------------------- help
@@ -409,7 +419,7 @@ def test_top_level_help_lists_every_command(capsys):
 def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, capsys):
     """The demo's table is the last thing on stdout (no JSON after it); the others' JSON stays."""
     import jobs.demo
-    import jobs.evaluate
+    import jobs.report.evaluate
 
     table = "model       /w/store/model\n\nmetric  value\nacc     0.9000"
 
@@ -418,7 +428,7 @@ def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, cap
         return {"model": "/w/store/model", "metrics": {"acc": 0.9}}
 
     monkeypatch.setattr(jobs.demo, "main", fake_demo)
-    monkeypatch.setattr(jobs.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
+    monkeypatch.setattr(jobs.report.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
     code, out, _ = _run(["demo", "--workdir", "w"], capsys)
     assert code == 0 and out == table + "\n"
     code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)

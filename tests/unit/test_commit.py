@@ -9,8 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import commit, storage
-from tell.errors import TellConfigError, TellDataError, TellStorageError
+from jobs import storage
+from jobs.commit import reader
+from jobs.commit import writer as commit
+from tell.errors import TellDataError, TellStorageError
 
 
 def _rows(ids, cluster=0):
@@ -78,15 +80,15 @@ def test_counts_reconcile_and_manifest_lists_exactly_the_files(unit):
     assert all(f["path"].startswith(f"_staging/{attempt.attempt_id}/") for f in manifest["files"])
     assert manifest["tell_version"] and manifest["created"].endswith("+00:00")
 
-    assigned = commit.read_committed(unit.uri)
+    assigned = reader.read_committed(unit.uri)
     assert sorted(assigned["id"].to_pylist()) == list(range(100))
     assert "reason" not in assigned.column_names
-    everything = commit.read_committed(unit, include_rejected=True)
+    everything = reader.read_committed(unit, include_rejected=True)
     assert everything.num_rows == 103
     bad = everything.filter(everything["reason"].is_valid())
     assert sorted(bad["id"].to_pylist()) == [1000, 1001, 1002]
     assert bad["cluster"].null_count == 3
-    only = commit.read_committed(unit, columns=["id", "cluster"])
+    only = reader.read_committed(unit, columns=["id", "cluster"])
     assert only.column_names == ["id", "cluster"]
 
 
@@ -95,9 +97,9 @@ def test_mismatch_refuses_to_commit(unit):
     parts = _stage(attempt, "p.parquet", assigned=[_rows(range(10))])
     with pytest.raises(commit.RowCountMismatch, match=r"11 rows in, 10 assigned \+ 0 rejected"):
         commit.commit(attempt, input_rows=11, parts=parts)
-    assert commit.read_manifest(unit) is None
+    assert reader.read_manifest(unit) is None
     with pytest.raises(TellDataError, match="not a committed assignment"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
 
 
 def test_footer_counts_beat_the_writers_word(unit):
@@ -106,7 +108,7 @@ def test_footer_counts_beat_the_writers_word(unit):
     lying = commit.Part(part.path, 11, part.kind)
     with pytest.raises(TellDataError, match="holds 10 rows but its writer reported 11"):
         commit.commit(attempt, input_rows=11, parts=[lying])
-    assert commit.read_manifest(unit) is None
+    assert reader.read_manifest(unit) is None
 
 
 @pytest.mark.parametrize("bad", ["other/p.parquet", "_staging/someone-else/p.parquet"])
@@ -126,7 +128,7 @@ def test_same_part_twice_is_refused(unit):
 def test_rerun_replaces_never_adds(unit):
     _commit_ids(unit, range(50))
     second, manifest = _commit_ids(unit, range(50, 80), batches=3)
-    table = commit.read_committed(unit)
+    table = reader.read_committed(unit)
     assert sorted(table["id"].to_pylist()) == list(range(50, 80))
     assert manifest["attempt"] == second.attempt_id
     staged = commit._staged_files(unit)
@@ -140,11 +142,11 @@ def test_crashed_attempt_leftovers_are_ignored_then_collected(unit):
     # a half-written file of the crashed attempt
     with open(f"{unit.path}/{crashed.prefix}/torn.parquet", "wb") as f:
         f.write(b"PAR1 not really")
-    assert sorted(commit.read_committed(unit)["id"].to_pylist()) == list(range(20))
-    assert commit.read_manifest(unit)["attempt"] == good.attempt_id
+    assert sorted(reader.read_committed(unit)["id"].to_pylist()) == list(range(20))
+    assert reader.read_manifest(unit)["attempt"] == good.attempt_id
     _, manifest = _commit_ids(unit, range(20))  # the next commit collects the leftovers
     assert not any(crashed.attempt_id in rel for rel in commit._staged_files(unit))
-    assert commit.read_committed(unit).num_rows == 20 == manifest["rows"]["assigned"]
+    assert reader.read_committed(unit).num_rows == 20 == manifest["rows"]["assigned"]
 
 
 def test_failed_rerun_keeps_the_previous_commit(unit):
@@ -153,8 +155,8 @@ def test_failed_rerun_keeps_the_previous_commit(unit):
     parts = _stage(retry, "p.parquet", assigned=[_rows(range(29))])
     with pytest.raises(commit.RowCountMismatch):
         commit.commit(retry, input_rows=30, parts=parts)
-    assert commit.read_manifest(unit)["attempt"] == good.attempt_id
-    assert sorted(commit.read_committed(unit)["id"].to_pylist()) == list(range(30))
+    assert reader.read_manifest(unit)["attempt"] == good.attempt_id
+    assert sorted(reader.read_committed(unit)["id"].to_pylist()) == list(range(30))
 
 
 def test_orphan_files_of_retried_tasks_are_not_committed(unit):
@@ -163,7 +165,7 @@ def test_orphan_files_of_retried_tasks_are_not_committed(unit):
     _stage(attempt, "p0-failed-try.parquet", assigned=[_rows(range(10))])  # not reported
     manifest = commit.commit(attempt, input_rows=10, parts=parts)
     assert [f["path"] for f in manifest["files"]] == [parts[0].path]
-    assert commit.read_committed(unit).num_rows == 10
+    assert reader.read_committed(unit).num_rows == 10
     assert commit._staged_files(unit) == [parts[0].path]  # the orphan was deleted
 
 
@@ -171,16 +173,16 @@ def test_damaged_commit_is_reported(unit):
     _, manifest = _commit_ids(unit, range(10))
     storage.delete_tree(unit.join(manifest["files"][0]["path"]))
     with pytest.raises(TellDataError, match="missing; the run is damaged"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
 
 
 def test_manifest_from_elsewhere_is_refused(unit):
     storage.write_bytes(unit.join("_SUCCESS"), b"")
     with pytest.raises(TellDataError, match="not valid JSON"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
     storage.write_bytes(unit.join("_SUCCESS"), b'{"format": "spark"}')
     with pytest.raises(TellDataError, match="not a tell assignment manifest"):
-        commit.read_committed(unit)
+        reader.read_committed(unit)
 
 
 def test_write_failure_is_one_storage_error(tmp_path):
@@ -202,26 +204,13 @@ def test_empty_writer_writes_nothing(unit):
     assert not storage.exists(unit)
 
 
-def test_partitions_group_check_and_committed_units(tmp_path):
-    root = storage.resolve(str(tmp_path / "data"))
-    files = [
-        f"{root.path}/dt=2026-11-28/a.parquet",
-        f"{root.path}/dt=2026-11-28/b.parquet",
-        f"{root.path}/dt=2026-11-29/hour=03/a.parquet",
-    ]
-    groups = commit.group_by_partition(root, files)
-    assert list(groups) == ["dt=2026-11-28", "dt=2026-11-29/hour=03"]
-    commit.check_partitions(root.uri, groups)
-    flat = commit.group_by_partition(root, [f"{root.path}/x.parquet"])
-    assert flat == {"": [f"{root.path}/x.parquet"]}
-    with pytest.raises(TellConfigError, match="hive-partitioned"):
-        commit.check_partitions(root.uri, flat)
-    with pytest.raises(TellConfigError, match="hive-partitioned"):
-        commit.check_partitions(root.uri, {"plain-dir": ["f"]})
-
+def test_committed_units(tmp_path):
+    """Which partitions of an incremental run are committed (grouping the input into
+    partitions is tests/unit/test_input.py's)."""
+    units = ["dt=2026-11-28", "dt=2026-11-29/hour=03"]
     run = storage.resolve(str(tmp_path / "out" / "nightly"))
     _commit_ids(run.join("dt=2026-11-28"), range(5))
-    done = commit.committed_units(run, list(groups))
+    done = reader.committed_units(run, units)
     assert done["dt=2026-11-28"]["rows"]["assigned"] == 5
     assert done["dt=2026-11-29/hour=03"] is None
 
@@ -234,4 +223,4 @@ def test_a_reported_part_that_vanished_before_the_commit_commits_nothing(unit):
     (unit.join(parts[0].path)).filesystem.delete_file(unit.join(parts[0].path).path)
     with pytest.raises(TellStorageError, match="written by this attempt but is missing when"):
         commit.commit(attempt, input_rows=10, parts=parts)
-    assert commit.read_manifest(unit) is None
+    assert reader.read_manifest(unit) is None

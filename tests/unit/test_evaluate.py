@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import commit, evaluate, storage
+from jobs import storage
+from jobs.commit import writer as commit
 from jobs.config import EvaluateJob
-from jobs.contingency import Contingency, scores_from_contingency
+from jobs.report import evaluate
+from jobs.report.contingency import Contingency, scores_from_contingency
 from tell.errors import TellDataError
 from tell.metrics import clustering_scores
 
@@ -85,6 +87,22 @@ def test_labels_are_joined_from_the_input_data_by_id(tmp_path):
     expected = clustering_scores(labels, cols["cluster"])
     assert result["acc"] == pytest.approx(expected["acc"], abs=1e-12)
     assert result["ari"] == pytest.approx(expected["ari"], abs=1e-12)
+    assert result["unmatched_rows"] == 0 and result["labelled_rows"] == N
+
+
+def test_labels_are_joined_from_hive_partitioned_input_data(tmp_path):
+    """--data takes what tell assign takes: dt=.../ partitions, read recursively (issue 10)."""
+    cols = _assignments(3)
+    labels = cols.pop("label")
+    run = _commit(tmp_path / "run", cols)
+    data = tmp_path / "data"
+    for day, rows in (("dt=2026-11-28", slice(None, 100)), ("dt=2026-11-29", slice(100, None))):
+        (data / day).mkdir(parents=True)
+        pq.write_table(
+            pa.table({"id": cols["id"][rows], "label": labels[rows]}), data / day / "part.parquet"
+        )
+    result = evaluate.main(EvaluateJob(assignments=str(run), data=str(data)))
+    assert result["acc"] == pytest.approx(clustering_scores(labels, cols["cluster"])["acc"])
     assert result["unmatched_rows"] == 0 and result["labelled_rows"] == N
 
 

@@ -7,10 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import explain, sample
 from jobs.config import ExplainJob
-from jobs.data import inspect_input
-from jobs.model_store import save_model
+from jobs.input import sample
+from jobs.input.inspect import open_input
+from jobs.model import save_model
+from jobs.report import explain
 from tell.encoders import EncoderSpec
 from tell.errors import TellDataError
 from tell.io import embeddings_to_table
@@ -31,7 +32,7 @@ def _data(directory, n=1000, d=4, row_group_size=None, seed=0):
 
 
 def test_sample_reads_a_bounded_number_of_row_groups(tmp_path):
-    info = inspect_input(str(_data(tmp_path / "d", row_group_size=10)), "embedding")
+    info = open_input(str(_data(tmp_path / "d", row_group_size=10)), "embedding")
     assert len(sample._row_groups(info)) == 100 > sample.MAX_ROW_GROUPS
     drawn = sample.read_sample(info, ["id", "label"], 50, seed=0)
     ids = drawn.columns["id"]
@@ -43,7 +44,7 @@ def test_sample_reads_a_bounded_number_of_row_groups(tmp_path):
 
 
 def test_sample_of_a_small_data_set_is_all_of_it_minus_bad_rows(tmp_path):
-    info = inspect_input(str(_data(tmp_path / "d", n=120)), "embedding")
+    info = open_input(str(_data(tmp_path / "d", n=120)), "embedding")
     drawn = sample.read_sample(info, ["id"], 5000, seed=0)
     assert drawn.dropped == 1 and len(drawn.x) == 119
     assert 3 not in drawn.columns["id"].tolist()
@@ -103,5 +104,5 @@ def test_data_of_another_width_is_refused(tmp_path, model_and_data):
     model, _ = model_and_data
     pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0]] * 3)}), tmp_path / "x.parquet")
     job = ExplainJob(model=model, data=str(tmp_path / "x.parquet"), out=str(tmp_path / "r"))
-    with pytest.raises(TellDataError, match=r"has 2 values per row, but the model .* takes 4"):
+    with pytest.raises(TellDataError, match=r"has 2 values per row, but model .* expects 4"):
         explain.main(job)

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from jobs.report import MAX_TILES, build_report
+from jobs.report.page import MAX_TILES, build_report
 from tell.errors import TellDataError
 
 EVIL = "<script>alert('x')</script>&"

@@ -1,11 +1,12 @@
-"""The per-file scan before training (jobs.scan.scan_file), without a Ray cluster."""
+"""The per-file scan before training (jobs.input.scan.scan_file), without a Ray cluster."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import scan, storage
+from jobs import storage
+from jobs.input import scan
 from tell.errors import TellDataError
 
 

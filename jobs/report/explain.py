@@ -1,8 +1,9 @@
 """``tell explain``: a self-contained HTML report of a trained model on a sample of a data set.
 
-Runs on the driver without Ray: a bounded random sample (:mod:`jobs.sample`) is encoded and
-assigned with the model, the centers are decoded into prototypes when the inputs are images,
-and :func:`jobs.report.build_report` renders the page.
+Runs on the driver without Ray: the input is opened (:func:`jobs.input.inspect.open_input`),
+a bounded random sample (:mod:`jobs.input.sample`) is encoded and assigned with the model,
+the centers are decoded into prototypes when the inputs are images, and
+:func:`jobs.report.page.build_report` renders the page.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 
 from jobs import storage
 from jobs.config import ExplainJob
-from jobs.data import InputInfo, inspect_input
-from jobs.model_store import load_model
-from jobs.report import build_report
-from jobs.sample import Sample, read_sample
+from jobs.input.inspect import InputSet, open_input
+from jobs.input.sample import Sample, read_sample
+from jobs.model import load_model
+from jobs.report.page import build_report
 from tell.assign import assign
 from tell.errors import TellDataError
 from tell.metrics import clustering_scores
@@ -62,7 +63,7 @@ def prototypes(model: TELLNet, image_shape: tuple[int, int, int] | None) -> np.n
     return images.reshape(len(centers), *image_shape).numpy()
 
 
-def _image_shape(model: TELLNet, info: InputInfo) -> tuple[int, int, int] | None:
+def _image_shape(model: TELLNet, info: InputSet) -> tuple[int, int, int] | None:
     shape = model.spec.image_shape or info.image_shape
     if shape is not None and int(np.prod(shape)) == model.spec.input_dim:
         return tuple(int(s) for s in shape)
@@ -107,7 +108,7 @@ def _nearest_rows(
     return out
 
 
-def _check_columns(job: ExplainJob, info: InputInfo) -> list[str]:
+def _check_columns(job: ExplainJob, info: InputSet) -> list[str]:
     extra = []
     for key in ("label_column", "text_column"):
         name = getattr(job, key)
@@ -142,12 +143,8 @@ def main(job: ExplainJob) -> dict[str, Any]:
     ACC/NMI/ARI on the sample when a label column was given.
     """
     model, meta = load_model(job.model)
-    info = inspect_input(job.data, job.column)
-    if info.dim != model.spec.input_dim:
-        raise TellDataError(
-            f"Column {job.column!r} of {job.data} has {info.dim} values per row, but the model "
-            f"at {job.model} takes {model.spec.input_dim}. Pass the data the model was trained on."
-        )
+    info = open_input(job.data, job.column)
+    info.require_width(model.spec.input_dim, job.model)
     sample = read_sample(info, _check_columns(job, info), job.sample_rows, SEED)
     y_true = None
     if job.label_column:

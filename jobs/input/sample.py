@@ -8,14 +8,12 @@ Memory is bounded by one batch plus the sample.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from jobs.data import InputInfo
+from jobs.input.inspect import InputSet, open_parquet
 from tell.errors import TellDataError
 from tell.io import screen_rows
 
@@ -31,25 +29,17 @@ class Sample(NamedTuple):
     dropped: int
 
 
-def _row_groups(info: InputInfo) -> list[tuple[str, int, int]]:
+def _row_groups(info: InputSet) -> list[tuple[str, int, int]]:
     """(path, row group index, rows) of every non-empty row group, from the footers."""
-    fs = info.location.filesystem
-
-    def footer(path: str) -> pq.FileMetaData:
-        with fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).metadata
-
-    with ThreadPoolExecutor(min(16, len(info.files))) as pool:
-        footers = list(pool.map(footer, info.files))
     return [
-        (path, i, md.row_group(i).num_rows)
-        for path, md in zip(info.files, footers, strict=True)
-        for i in range(md.num_row_groups)
-        if md.row_group(i).num_rows
+        (footer.path, i, rows)
+        for footer in info.footers
+        for i, rows in enumerate(footer.row_group_rows)
+        if rows
     ]
 
 
-def read_sample(info: InputInfo, extra_columns: list[str], n_rows: int, seed: int) -> Sample:
+def read_sample(info: InputSet, extra_columns: list[str], n_rows: int, seed: int) -> Sample:
     """Draw about ``n_rows`` random rows (see the module docstring); bad feature rows dropped.
 
     Returns the feature matrix (m, D), m <= n_rows, and ``extra_columns`` for the same rows.
@@ -68,8 +58,8 @@ def read_sample(info: InputInfo, extra_columns: list[str], n_rows: int, seed: in
         local = chosen[(chosen >= start) & (chosen < stop)] - start
         if local.size == 0:
             continue
-        with info.location.filesystem.open_input_file(path) as f:
-            batches = pq.ParquetFile(f).iter_batches(
+        with open_parquet(info.location, path) as pf:
+            batches = pf.iter_batches(
                 batch_size=READ_BATCH_ROWS, row_groups=[group], columns=columns
             )
             offset = 0

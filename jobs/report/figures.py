@@ -1,6 +1,6 @@
 """The explain report's figures: matplotlib (Agg, no pyplot state) rendered to PNG bytes.
 
-Every function takes plain numpy arrays and returns PNG bytes; :mod:`jobs.report` embeds
+Every function takes plain numpy arrays and returns PNG bytes; :mod:`jobs.report.page` embeds
 them as ``data:`` URIs. Figures are sized for a laptop screen (about 1000 px wide).
 """
 

@@ -24,10 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import storage
-from jobs.data import InputInfo, parquet_read_errors
+from jobs.input.inspect import InputSet, open_parquet
 from tell.io import screen_rows
 
 logger = logging.getLogger("tell.scan")
@@ -84,8 +83,8 @@ def scan_file(
     rows = bad = 0
     reason = ""
     picked: list[np.ndarray] = []
-    with parquet_read_errors(location, path), location.filesystem.open_input_file(path) as f:
-        batches = pq.ParquetFile(f).iter_batches(batch_size=block_rows(dim), columns=[column])
+    with open_parquet(location, path) as pf:
+        batches = pf.iter_batches(batch_size=block_rows(dim), columns=[column])
         for batch_index, batch in enumerate(batches):
             screen = screen_rows(batch, column, dim)
             rows += len(screen.valid)
@@ -101,7 +100,7 @@ def scan_file(
     yield FileStats(rows, bad, reason, sample)
 
 
-def scan_input(info: InputInfo, sample_rows: int, seed: int, keep: bool) -> ScanResult:
+def scan_input(info: InputSet, sample_rows: int, seed: int, keep: bool) -> ScanResult:
     """Scan every input file once (one task each); see the module docstring.
 
     keep : also keep every usable row's features in the object store (``blocks``).

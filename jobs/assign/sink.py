@@ -1,7 +1,7 @@
 """The assignment job's Ray Data sink: stages Parquet parts and reports what it wrote.
 
-Kept apart from :mod:`jobs.assign` so that the driver's validation (and the CLI's errors)
-run without importing Ray Data.
+Kept apart from :mod:`jobs.assign.driver` so that the driver's validation (and the CLI's
+errors) run without importing Ray Data.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
-from jobs import commit
+from jobs.commit import writer
 
-REASON = commit.REASON_COLUMN
+REASON = writer.REASON_COLUMN
 
 
 class AssignmentSink(Datasink):
@@ -29,7 +29,7 @@ class AssignmentSink(Datasink):
 
     def __init__(
         self,
-        attempt: commit.Attempt,
+        attempt: writer.Attempt,
         id_columns: tuple[str, ...],
         min_rows_per_file: int,
         on_event: Callable[[str], None] | None = None,
@@ -38,7 +38,7 @@ class AssignmentSink(Datasink):
         self.id_columns = tuple(id_columns)
         self.min_rows = int(min_rows_per_file)
         self.on_event = on_event
-        self.parts: list[commit.Part] = []
+        self.parts: list[writer.Part] = []
         self.reasons: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -57,8 +57,8 @@ class AssignmentSink(Datasink):
 
         name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:10]}.parquet"
         writers = {
-            kind: commit.PartWriter(self.attempt, kind, name)
-            for kind in (commit.ASSIGNED, commit.REJECTED)
+            kind: writer.PartWriter(self.attempt, kind, name)
+            for kind in (writer.ASSIGNED, writer.REJECTED)
         }
         reasons: Counter[str] = Counter()
         try:
@@ -66,21 +66,21 @@ class AssignmentSink(Datasink):
                 table = BlockAccessor.for_block(block).to_arrow()
                 reason = table.column(REASON)
                 if reason.null_count == table.num_rows:
-                    writers[commit.ASSIGNED].write(table.drop_columns([REASON]))
+                    writers[writer.ASSIGNED].write(table.drop_columns([REASON]))
                     continue
                 ok = pc.is_null(reason)
-                writers[commit.ASSIGNED].write(table.filter(ok).drop_columns([REASON]))
+                writers[writer.ASSIGNED].write(table.filter(ok).drop_columns([REASON]))
                 bad = table.filter(pc.invert(ok)).select([*self.id_columns, REASON])
-                writers[commit.REJECTED].write(bad)
+                writers[writer.REJECTED].write(bad)
                 reasons.update(bad.column(REASON).to_pylist())
             parts = [w.close() for w in writers.values()]
         except BaseException:
-            for writer in writers.values():
-                writer.abort()
+            for part_writer in writers.values():
+                part_writer.abort()
             raise
         return {"parts": [p.to_dict() for p in parts if p], "reasons": dict(reasons)}
 
     def on_write_complete(self, write_result: Any) -> None:
         returns = [r for r in write_result.write_returns if r]
-        self.parts = [commit.Part.from_dict(p) for r in returns for p in r["parts"]]
-        self.reasons = commit.count_reasons(r["reasons"] for r in returns)
+        self.parts = [writer.Part.from_dict(p) for r in returns for p in r["parts"]]
+        self.reasons = writer.count_reasons(r["reasons"] for r in returns)

@@ -1,13 +1,13 @@
 """Training benchmark (issue #3): throughput, memory and time-to-converge of the Ray Train job.
 
-``python -m jobs.benchmark train [--rows 1000000] [--dim 128] [--k 1024] [--epochs 3]
+``python -m bench train [--rows 1000000] [--dim 128] [--k 1024] [--epochs 3]
 [--workers 1 2] [--memory-rows 1000000 4000000] [--quick] [--out bench-results/train.json]``
 
 Everything runs side by side in ONE invocation on the same synthetic data (unit-norm
 spherical blobs with known labels, :func:`tell.datasets.iter_spherical_blobs`, written to
 Parquet chunk by chunk), because a shared machine is noisy: compare the ratios.
 
-1. Throughput: ``jobs.train.main`` (identity encoder) with 1 and 2 workers. Each run is a
+1. Throughput: ``jobs.train.driver.main`` (identity encoder) with 1 and 2 workers. Each run is a
    fresh Python process (the job's driver: import, ``ray.init``, scan pass, TorchTrainer,
    final model). rows/s comes from the steady-state epochs (epoch >= 1) in the per-epoch
    ``history`` of the last checkpoint's metadata (<out>/runs/<name>/checkpoint_*/), divided
@@ -36,12 +36,10 @@ Parquet chunk by chunk), because a shared machine is noisy: compare the ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -55,7 +53,9 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from bench.machine import finish, import_psutil, machine_info
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench-results" / "train.json"
 SECTIONS = ("jobs", "converge")
 GOAL_INERTIA = 1.01  # x the better of faiss / MiniBatchKMeans
@@ -87,7 +87,7 @@ logger = logging.getLogger("tell.bench.train")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m jobs.benchmark train",
+        prog="python -m bench train",
         description="Throughput, peak RSS and time-to-converge of the Ray Train job, beside "
         "faiss k-means and scikit-learn MiniBatchKMeans.",
     )
@@ -172,45 +172,6 @@ def parse_tell_config(text: str | dict) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------- machine
-
-
-def import_psutil():
-    """psutil: installed, or the copy Ray vendors in ray/thirdparty_files (without importing
-    or starting Ray)."""
-    try:
-        import psutil
-    except ModuleNotFoundError:
-        import importlib.util
-
-        spec = importlib.util.find_spec("ray")
-        if spec is None or not spec.submodule_search_locations:
-            raise
-        vendored = Path(next(iter(spec.submodule_search_locations))) / "thirdparty_files"
-        sys.path.append(str(vendored))
-        import psutil
-    return psutil
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    psutil = import_psutil()
-
-    versions = {}
-    for name in ("ray", "torch", "faiss-cpu", "scikit-learn", "numpy", "pyarrow"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_start": [round(v, 2) for v in os.getloadavg()],
-        "versions": versions,
-    }
 
 
 # ----------------------------------------------------------------------------------- data
@@ -461,7 +422,7 @@ def run_job(
     workdir: Path,
     materialize: str = "auto",
 ) -> dict[str, Any]:
-    """Run ``jobs.train.main`` in a fresh Python process while sampling its process tree.
+    """Run ``jobs.train.driver.main`` in a fresh Python process while sampling its process tree.
 
     cfg : {"epochs", "batch_size", "init_sample_rows"} of the job.
     """
@@ -492,7 +453,7 @@ def run_job(
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.benchmarks.train", "--child", str(spec_path)],
+            [sys.executable, "-m", "bench.train", "--child", str(spec_path)],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -558,17 +519,18 @@ def read_epoch_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def child_main(spec_path: str) -> int:
-    """The job's driver process: ``jobs.train.main`` on the spec, then a JSON summary."""
+    """The job's driver process: ``jobs.train.driver.main`` on the spec, then a JSON summary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     spec = json.loads(Path(spec_path).read_text())
-    from jobs import ray_runtime, train
+    from jobs import runtime
     from jobs.config import TrainJob
+    from jobs.train import driver
     from tell.config import TrainConfig
 
     started = time.perf_counter()
-    ray_runtime.ensure_ray()  # what main() would do; timed on its own
+    runtime.ensure_ray()  # what main() would do; timed on its own
     ray_init_s = time.perf_counter() - started
-    summary = train.main(TrainJob(**spec["job"]), TrainConfig(**spec["model"]))
+    summary = driver.main(TrainJob(**spec["job"], config=TrainConfig(**spec["model"])))
     import ray
 
     summary["object_store_mib"] = _r(ray.cluster_resources().get("object_store_memory", 0) / MIB, 0)
@@ -582,7 +544,7 @@ def job_labels(model_uri: str, X: np.ndarray) -> np.ndarray:
     """Nearest center of every row under a job's final model (what ``tell assign`` does)."""
     import torch
 
-    from jobs.model_store import load_model
+    from jobs.model import load_model
 
     net, _ = load_model(model_uri)
     centers = net.cluster.centers
@@ -914,7 +876,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {
         "benchmark": "train",
         "issue": 3,
-        "command": "python -m jobs.benchmark train " + " ".join(argv),
+        "command": "python -m bench train " + " ".join(argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
         "params": params,
@@ -1026,7 +988,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    result["machine"]["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    finish(result["machine"])
     result["wall_s"] = _r(time.perf_counter() - started)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(_jsonable(result), indent=2) + "\n")

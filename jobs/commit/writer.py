@@ -1,7 +1,8 @@
 """Exactly-once output for ``tell assign``: staged parts, then a ``_SUCCESS`` manifest written last.
 
 Nothing here imports Ray: the protocol is plain storage operations on a
-:class:`jobs.storage.Location`, so the unit tests drive it on local directories.
+:class:`jobs.storage.Location`, so the unit tests drive it on local directories. This module
+writes a commit; :mod:`jobs.commit.reader` is the one reader of what a commit holds.
 
 Layout of one committed unit (a run, or one input partition of an incremental run)::
 
@@ -47,7 +48,7 @@ Incremental mode: input laid out as hive partitions (``<data>/dt=2026-11-28/*.pa
 nested ``k=v`` levels allowed) is assigned partition by partition; each partition is its own
 unit at ``<out>/<run_id>/<partition path>/`` with its own ``_SUCCESS``. A later run with the
 same run id assigns only the partitions that have no ``_SUCCESS`` yet
-(:func:`committed_units`).
+(:func:`jobs.commit.reader.committed_units`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -72,7 +72,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from jobs import storage
-from tell.errors import TellConfigError, TellDataError, TellStorageError
+from tell.errors import TellDataError, TellStorageError
 
 logger = logging.getLogger("tell.commit")
 
@@ -85,7 +85,6 @@ ASSIGNED, REJECTED = "assigned", "rejected"
 REASON_COLUMN = "reason"
 
 _IO_THREADS = 16
-_PARTITION_SEGMENT = re.compile(r"^[^=/_.][^=/]*=[^/]*$")
 
 
 class RowCountMismatch(TellDataError):
@@ -349,198 +348,6 @@ def _staged_files(unit: storage.Location) -> list[str]:
         for info in infos
         if info.type == pafs.FileType.File and info.path.startswith(base)
     )
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def read_manifest(unit: storage.Location) -> dict[str, Any] | None:
-    """The unit's manifest, or None when it has no ``_SUCCESS`` (not committed)."""
-    marker = unit.join(MANIFEST_FILE)
-    if not storage.exists(marker):
-        return None
-    raw = storage.read_bytes(marker)
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TellDataError(f"{marker.uri} is not valid JSON ({exc}).") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise TellDataError(f"{marker.uri} is not a tell assignment manifest.")
-    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
-        raise TellDataError(
-            f"{marker.uri} has manifest version {manifest['format_version']}, newer than this "
-            f"tell-ray supports ({MANIFEST_VERSION}); upgrade tell-ray."
-        )
-    return manifest
-
-
-def committed_parts(
-    unit: storage.Location, *, include_rejected: bool = False
-) -> tuple[dict[str, Any], list[tuple[storage.Location, int]]]:
-    """The unit's manifest and the parts it lists, as (location, rows); assigned parts first.
-
-    The one place where readers learn what a commit holds: ``read_committed`` and
-    ``tell evaluate`` read exactly these files, never a directory listing.
-
-    Raises
-    ------
-    TellDataError
-        If the unit is not committed (naming committed units below it, if any), or its
-        manifest lists a malformed entry or a path that would leave the unit.
-    """
-    manifest = read_manifest(unit)
-    if manifest is None:
-        below = _committed_units_below(unit)
-        hint = f" Committed runs below it: {below}." if below else ""
-        raise TellDataError(
-            f"{unit.uri} is not a committed assignment: it has no {MANIFEST_FILE} manifest "
-            "(the run has not finished, or failed). Pass a run directory written by "
-            f"'tell assign' (<out>/<run_id>), or re-run 'tell assign' with this run id.{hint}"
-        )
-    listed = list(manifest.get("files", []))
-    if include_rejected:
-        listed += list(manifest.get("rejected_files", []))
-    return manifest, [_listed_part(unit, entry) for entry in listed]
-
-
-def _listed_part(unit: storage.Location, entry: Any) -> tuple[storage.Location, int]:
-    """A manifest entry {"path": relative path, "rows": n} as (location inside unit, n)."""
-    manifest_uri = unit.join(MANIFEST_FILE).uri
-    path = entry.get("path") if isinstance(entry, dict) else None
-    rows = entry.get("rows") if isinstance(entry, dict) else None
-    if not isinstance(path, str) or not isinstance(rows, int) or rows < 0:
-        raise TellDataError(
-            f"{manifest_uri} lists a malformed file entry {entry!r}; the run is damaged: "
-            "re-run the assignment."
-        )
-    try:
-        return unit.join(path), rows
-    except TellStorageError:
-        raise TellDataError(
-            f"{manifest_uri} lists {path!r}, an unsafe path outside the run; refusing to read it."
-        ) from None
-
-
-def _committed_units_below(loc: storage.Location, limit: int = 5) -> list[str]:
-    """Up to ``limit`` child directories of ``loc`` that hold a manifest (for error hints)."""
-    if not storage.exists(loc):
-        return []
-    with storage.storage_errors(loc, "listing"):
-        children = loc.filesystem.get_file_info(pafs.FileSelector(loc.path))
-    dirs = sorted(c.base_name for c in children if c.type == pafs.FileType.Directory)[:50]
-    return [loc.join(d).uri for d in dirs if storage.exists(loc.join(d, MANIFEST_FILE))][:limit]
-
-
-def read_committed(
-    uri: str | storage.Location,
-    *,
-    include_rejected: bool = False,
-    columns: Sequence[str] | None = None,
-) -> pa.Table:
-    """Read exactly the files a unit's manifest lists (see :func:`committed_parts`).
-
-    Parameters
-    ----------
-    uri : the unit (``<out>/<run_id>``, or ``<out>/<run_id>/dt=...`` in incremental mode).
-    include_rejected : also return the rejected rows: then every row has a ``reason``
-        (null for assigned rows) and rejected rows have null ``cluster``/``distance``/...
-    columns : read only these columns (those missing from a file are null-filled).
-
-    Raises
-    ------
-    TellDataError
-        If the unit is not committed, or its files disagree with the manifest.
-    """
-    unit = uri if isinstance(uri, storage.Location) else storage.resolve(uri)
-    for attempt_no in range(2):
-        manifest, parts = committed_parts(unit, include_rejected=include_rejected)
-        try:
-            tables = [_read_part(loc, columns) for loc, _ in parts]
-        except _Vanished:
-            if attempt_no == 0 and (read_manifest(unit) or {}).get("attempt") != manifest.get(
-                "attempt"
-            ):
-                continue  # replaced by a re-run while reading: read the new commit
-            raise TellDataError(
-                f"A file listed in {unit.join(MANIFEST_FILE).uri} is missing; the run is "
-                "damaged: re-run the assignment."
-            ) from None
-        break
-    expected = sum(rows for _, rows in parts)
-    if not tables:
-        return pa.table({name: pa.array([], pa.null()) for name in (columns or [])})
-    table = pa.concat_tables(tables, promote_options="default")
-    if table.num_rows != expected:
-        raise TellDataError(
-            f"The files of {unit.uri} hold {table.num_rows} rows but its manifest records "
-            f"{expected}; the run is damaged: re-run the assignment."
-        )
-    if include_rejected and REASON_COLUMN not in table.column_names:
-        table = table.append_column(REASON_COLUMN, pa.nulls(table.num_rows, pa.string()))
-    return table
-
-
-class _Vanished(Exception):
-    """A listed file disappeared (the unit was replaced while being read)."""
-
-
-def _read_part(loc: storage.Location, columns: Sequence[str] | None) -> pa.Table:
-    with storage.storage_errors(loc, "reading"):
-        try:
-            with loc.filesystem.open_input_file(loc.path) as f:
-                pf = pq.ParquetFile(f)
-                present = pf.schema_arrow.names
-                wanted = None if columns is None else [c for c in columns if c in present]
-                table = pf.read(columns=wanted)
-        except FileNotFoundError:
-            raise _Vanished(loc.uri) from None
-        except pa.ArrowInvalid as exc:
-            raise TellDataError(f"{loc.uri} is not a valid Parquet file ({exc}).") from None
-    if columns is not None:
-        for name in columns:
-            if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows))
-        table = table.select(list(columns))
-    return table
-
-
-# ------------------------------------------------------------------------- partitions
-
-
-def group_by_partition(root: storage.Location, files: Sequence[str]) -> dict[str, list[str]]:
-    """Group input files (paths on ``root.filesystem``) by their directory below ``root``.
-
-    Returns ``{relative dir: [files]}``; ``""`` holds the files directly under ``root``.
-    """
-    base = root.path.rstrip("/") + "/"
-    groups: dict[str, list[str]] = {}
-    for path in files:
-        rel = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
-        groups.setdefault(posixpath.dirname(rel), []).append(path)
-    return dict(sorted(groups.items()))
-
-
-def check_partitions(data_uri: str, groups: dict[str, list[str]]) -> None:
-    """Incremental mode needs every file inside hive partition directories (``key=value``)."""
-    for unit in groups:
-        segments = unit.split("/") if unit else []
-        if not segments or not all(_PARTITION_SEGMENT.match(s) for s in segments):
-            where = f"{data_uri}/{unit}" if unit else data_uri
-            example = groups[unit][0]
-            raise TellConfigError(
-                f"Incremental mode needs hive-partitioned input (directories like "
-                f"dt=2026-11-28/ under {data_uri}); found {example} in {where}. Move the files "
-                "into key=value directories, or run without --incremental."
-            )
-
-
-def committed_units(run: storage.Location, units: Sequence[str]) -> dict[str, dict | None]:
-    """``{unit: manifest or None}`` for each partition unit below ``run`` (in parallel)."""
-    if not units:
-        return {}
-    with ThreadPoolExecutor(min(_IO_THREADS, len(units))) as pool:
-        manifests = pool.map(lambda u: read_manifest(run.join(u)), units)
-        return dict(zip(units, manifests, strict=True))
 
 
 def count_reasons(reasons: Iterable[dict[str, int]]) -> dict[str, int]:

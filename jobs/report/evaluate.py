@@ -1,9 +1,12 @@
 """``tell evaluate``: ACC/NMI/ARI, inertia and cluster sizes of a committed assignment run.
 
 Only committed runs are read (a directory with a ``_SUCCESS`` manifest), and only the files
-the manifest lists (:func:`jobs.commit.committed_parts`, the reader ``tell assign`` commits
-for), each checked against the row count the manifest records. Labels come from a label
-column passed through to the assignments, or from the input data joined on the id column.
+the manifest lists (:func:`jobs.commit.reader.committed_parts`, the reader ``tell assign``
+commits for), each checked against the row count the manifest records
+(:func:`jobs.commit.reader.open_part`). Labels come from a label column passed through to
+the assignments, or from the input data joined on the id column; that input is opened like
+every job's (:func:`jobs.input.inspect.open_input`), so ``tell evaluate --data`` takes what
+``tell assign --data`` takes (hive partitions included).
 The assignments are streamed file by file into a (clusters x labels) contingency table, so
 memory does not grow with the number of assignment rows; the join keeps the data's
 (id, label) columns in memory.
@@ -11,21 +14,20 @@ memory does not grow with the number of assignment rows; the join keeps the data
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from jobs import commit, storage
+from jobs import storage
+from jobs.commit import reader
 from jobs.config import EvaluateJob
-from jobs.contingency import Contingency, scores_from_contingency
+from jobs.input.inspect import open_input, open_parquet
+from jobs.report.contingency import Contingency, scores_from_contingency
 from tell.errors import TellDataError
 
 logger = logging.getLogger("tell.evaluate")
@@ -36,21 +38,11 @@ MAX_TABLE_ROWS = 50  # clusters printed in the log table (the largest)
 
 def _labels_from_data(job: EvaluateJob) -> pa.Table:
     """(id, label) of every row of ``job.data``; refuses duplicate ids (the join would double)."""
-    loc = storage.resolve(job.data)
-    files = storage.list_files(loc, suffix=".parquet")
-    if not files:
-        raise TellDataError(f"No Parquet files under {job.data} to read labels from.")
     columns = [job.id_column, job.label_column]
+    data = open_input(job.data, None, required=columns)
     parts = []
-    for path in files:
-        with loc.filesystem.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            missing = [c for c in columns if c not in pf.schema_arrow.names]
-            if missing:
-                raise TellDataError(
-                    f"Column {missing[0]!r} not found in {path}; columns are "
-                    f"{pf.schema_arrow.names}. Set --id-column / --label-column."
-                )
+    for path in data.files:
+        with open_parquet(data.location, path) as pf:
             parts.append(pf.read(columns=columns))
     table = pa.concat_tables(parts)
     if pc.count_distinct(table[job.id_column]).as_py() != table.num_rows:
@@ -63,20 +55,14 @@ def _labels_from_data(job: EvaluateJob) -> pa.Table:
 
 def main(job: EvaluateJob) -> dict[str, Any]:
     """Score a committed assignment run; logs a table and returns the metrics as a dict."""
-    manifest, parts = commit.committed_parts(storage.resolve(job.assignments))
+    run = storage.resolve(job.assignments)
+    manifest, parts = reader.committed_parts(run)
     labels_table: pa.Table | None = None
     tally = Contingency()
     rows = unmatched = 0
     for loc, listed_rows in parts:
         path = loc.uri
-        with _committed_file(loc) as f:
-            pf = pq.ParquetFile(f)
-            if pf.metadata.num_rows != listed_rows:
-                raise TellDataError(
-                    f"{path} holds {pf.metadata.num_rows} rows but the manifest of "
-                    f"{job.assignments} records {listed_rows}; the run is damaged: re-run "
-                    "the assignment."
-                )
+        with reader.open_part(run, loc, listed_rows) as pf:
             names = pf.schema_arrow.names
             for needed in (CLUSTER, DISTANCE):
                 if needed not in names:
@@ -121,20 +107,6 @@ def main(job: EvaluateJob) -> dict[str, Any]:
     if job.out:
         _write_json(job.out, result)
     return result
-
-
-@contextlib.contextmanager
-def _committed_file(loc: storage.Location) -> Iterator[Any]:
-    """Open a file a manifest lists; a missing one means the run is damaged."""
-    with storage.storage_errors(loc, "reading"):
-        try:
-            with loc.filesystem.open_input_file(loc.path) as f:
-                yield f
-        except FileNotFoundError:
-            raise TellDataError(
-                f"{loc.uri} is listed in its run's manifest but does not exist; the run is "
-                "damaged: re-run the assignment."
-            ) from None
 
 
 def _join(table: pa.Table, labels: pa.Table, job: EvaluateJob) -> pa.Table:

@@ -1,8 +1,9 @@
-"""Run a benchmark: ``python -m jobs.benchmark {quality,train,assign} [args...]``.
+"""Run a benchmark: ``python -m bench {quality,train,assign} [args...]`` (from the repository
+root; bench/ is not part of the installed package).
 
-Each benchmark is the module ``jobs.benchmarks.<name>`` with ``main(argv) -> dict``; it is
-imported only when asked for, so a benchmark whose module is missing (or fails to import)
-does not stop the others. ``python -m jobs.benchmark <name> --help`` shows its arguments.
+Each benchmark is the module ``bench.<name>`` with ``main(argv) -> dict``; it is imported
+only when asked for, so a benchmark whose module is missing (or fails to import) does not
+stop the others. ``python -m bench <name> --help`` shows its arguments.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ EXIT_USAGE = 2
 
 
 def _usage() -> str:
-    lines = ["usage: python -m jobs.benchmark {" + ",".join(BENCHMARKS) + "} [args...]", ""]
+    lines = ["usage: python -m bench {" + ",".join(BENCHMARKS) + "} [args...]", ""]
     lines += [f"  {name:<8} {text}" for name, text in BENCHMARKS.items()]
     return "\n".join(lines)
 
 
 def load_benchmark(name: str) -> Callable[[list[str]], dict]:
-    """The ``main`` of ``jobs.benchmarks.<name>``; raises LookupError with a clear message."""
+    """The ``main`` of ``bench.<name>``; raises LookupError with a clear message."""
     if name not in BENCHMARKS:
         raise LookupError(f"Unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}.")
-    module_name = f"jobs.benchmarks.{name}"
+    module_name = f"bench.{name}"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -1,0 +1,256 @@
+"""``tell assign``: every input row assigned to a cluster exactly once, written as Parquet.
+
+The driver reads forward once through each artifact. :func:`plan`, before any Ray work:
+load the model (:func:`jobs.model.load_model`), preflight the output, open the input
+(:func:`jobs.input.inspect.list_input`, then the footers of what is left to assign: id
+columns present in every file, one feature width) and require the model's width; in
+incremental mode the listing is split into its hive partitions first, and those already
+committed are skipped (their footers are never read). Then, per unit (the whole input, or each
+partition left): :func:`jobs.commit.writer.start_attempt`, Ray Data streams the unit through
+:class:`jobs.assign.predictor.Assigner` actors (``map_batches`` with an actor pool; never
+Ray Train's split, which can drop rows) into :class:`jobs.assign.sink.AssignmentSink`
+write tasks that stage Parquet parts; :func:`jobs.commit.writer.commit` then reconciles
+rows in == assigned + rejected from the footers and writes ``_SUCCESS``. See
+:mod:`jobs.commit.writer` for the layout and why it is exactly-once, and
+:mod:`jobs.assign.predictor` for the output schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jobs import runtime, storage
+from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
+from jobs.commit import reader, writer
+from jobs.config import AssignJob
+from jobs.input.inspect import InputSet, list_input, read_dataset
+from jobs.model import assignment_run_id, load_model, model_id
+from tell.errors import TellConfigError, TellStorageError
+
+logger = logging.getLogger("tell.assign")
+
+_MIN_OBJECT_STORE_BYTES = 512 << 20  # object-store budget of one execution, at least
+_BATCHES_IN_FLIGHT = 6  # per actor, within that budget
+_WRITE_TASK_CPUS = 0  # writes mostly wait on storage; a CPU reservation would let Ray Data
+# hold them back behind the actor pool on small clusters (ResourceBudget backpressure)
+
+Hook = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Plan:
+    """What the driver validated before starting Ray.
+
+    units : (unit name, input) to assign; the name is "" for a whole-input run, else the
+        partition path (``dt=2026-11-28``).
+    skipped : partitions already committed (incremental mode).
+    """
+
+    run_id: str
+    run: storage.Location
+    model_meta: dict[str, Any]
+    n_clusters: int
+    units: list[tuple[str, InputSet]]
+    skipped: list[str]
+
+
+def plan(job: AssignJob) -> Plan:
+    """Validate model, output, input and columns against each other (no Ray yet)."""
+    clash = sorted(set(job.id_columns) & {*RESULT_COLUMNS, REASON})
+    if clash or len(set(job.id_columns)) != len(job.id_columns):
+        raise TellConfigError(
+            f"The 'id_columns' must be distinct and must not be named like an output column "
+            f"{[*RESULT_COLUMNS, REASON]}. Got {list(job.id_columns)}."
+        )
+    model, meta = load_model(job.model)
+    out = storage.resolve(job.out)
+    storage.check_access(out, write=True)
+    run_id = job.run_id or assignment_run_id(meta, job.model, job.data, job.column, job.id_columns)
+    run = out.join(run_id)
+    files = list_input(job.data)
+    skipped: list[str] = []
+    paths = None  # every file
+    if job.incremental:
+        groups = files.partitions(hive=True)
+        done = reader.committed_units(run, list(groups))
+        skipped = [unit for unit, manifest in done.items() if manifest is not None]
+        for unit in skipped:
+            _warn_if_changed(unit, files.uris(groups[unit]), done[unit])
+        paths = [path for unit, group in groups.items() if unit not in skipped for path in group]
+        if not paths:
+            return Plan(run_id, run, meta, model.cluster.n_clusters, [], skipped)
+    data = files.open(job.column, required=job.id_columns, paths=paths)  # only these footers
+    data.require_width(model.spec.input_dim, job.model)
+    units = list(data.partitions().items()) if job.incremental else [("", data)]
+    return Plan(run_id, run, meta, model.cluster.n_clusters, units, skipped)
+
+
+def _warn_if_changed(unit: str, uris: list[str], manifest: dict) -> None:
+    committed = set(manifest.get("input", {}).get("files", []))
+    current = set(uris)
+    if committed and current != committed:
+        logger.warning(
+            "partition %s changed since it was committed (%d file(s) now, %d then); it is "
+            "skipped: re-run it without --incremental to reassign it",
+            unit, len(current), len(committed),
+        )  # fmt: skip
+
+
+def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
+    """Run the assignment job; returns a summary (run, row counts, files, throughput).
+
+    ``on_event`` (tests, fault injection) is called on the driver with "write_start" when
+    the first write task is about to start, "staged" once every part is written, and
+    "committed" after ``_SUCCESS`` exists.
+    """
+    started = time.perf_counter()
+    p = plan(job)
+    summary: dict[str, Any] = {
+        "run_id": p.run_id,
+        "run": p.run.uri,
+        "model": model_id(p.model_meta),
+        "incremental": job.incremental,
+    }
+    if job.incremental:
+        summary["partitions_skipped"] = p.skipped
+    if not p.units:
+        logger.info("nothing to assign: every partition of %s is committed", job.data)
+        return {**summary, "partitions_assigned": [], "rows": 0, "assigned": 0, "rejected": 0}
+    runtime.ensure_ray()
+    committed = [_run_unit(job, p, unit, info, on_event) for unit, info in p.units]
+    totals = {key: sum(m["rows"][key] for m in committed) for key in ("assigned", "rejected")}
+    rows = sum(m["rows"]["input"] for m in committed)
+    wall_s = time.perf_counter() - started
+    summary.update(
+        rows=rows,
+        **totals,
+        files=sum(len(m["files"]) + len(m["rejected_files"]) for m in committed),
+        manifests=[_unit(p.run, u).join(writer.MANIFEST_FILE).uri for u, _ in p.units],
+        wall_s=round(wall_s, 2),
+        rows_per_s=round(rows / max(wall_s, 1e-9)),
+    )
+    if job.incremental:
+        summary["partitions_assigned"] = [u for u, _ in p.units]
+    return summary
+
+
+def _object_store_budget(job: AssignJob, info: InputSet) -> int:
+    """Bytes of object store the execution may hold: enough for every actor to have a few
+    batches queued, not the whole input (memory must not grow with the data set)."""
+    batch_bytes = job.batch_size * (4 * info.dim + 64)
+    return max(_MIN_OBJECT_STORE_BYTES, _BATCHES_IN_FLIGHT * job.workers * batch_bytes)
+
+
+@contextlib.contextmanager
+def _bounded_object_store(dataset: Any, budget: int):
+    """Cap the dataset's object-store use (keeping a lower limit set by the user)."""
+    options = dataset.context.execution_options
+    saved = options.resource_limits
+    limit = min(saved.object_store_memory, budget)
+    options.resource_limits = saved.copy(object_store_memory=limit)
+    try:
+        yield
+    finally:
+        options.resource_limits = saved
+
+
+def _unit(run: storage.Location, unit: str) -> storage.Location:
+    return run.join(unit) if unit else run
+
+
+def _run_unit(
+    job: AssignJob, p: Plan, unit: str, info: InputSet, on_event: Hook | None
+) -> dict[str, Any]:
+    import ray.data
+
+    from jobs.assign.sink import AssignmentSink  # imports Ray Data: only once Ray runs
+
+    unit_loc = _unit(p.run, unit)
+    attempt = writer.start_attempt(unit_loc)
+    logger.info(
+        "assigning %d rows of %s (%d files) -> %s (attempt %s)",
+        info.num_rows, info.uri, len(info.files), unit_loc.uri, attempt.attempt_id,
+    )  # fmt: skip
+    sink = AssignmentSink(attempt, job.id_columns, job.min_rows_per_file, on_event)
+    use_gpu = job.gpus_per_worker > 0
+    columns = list(dict.fromkeys([job.column, *job.id_columns]))
+    dataset = read_dataset(info, columns).map_batches(
+        Assigner,
+        fn_constructor_kwargs={
+            "model_uri": job.model,
+            "column": job.column,
+            "dim": info.dim,
+            "id_columns": tuple(job.id_columns),
+            "threads": 1 if use_gpu else max(1, int(job.cpus_per_worker)),
+            "use_gpu": use_gpu,
+        },
+        batch_format="pyarrow",
+        batch_size=job.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=job.workers),
+        num_cpus=job.cpus_per_worker,
+        num_gpus=job.gpus_per_worker if use_gpu else None,
+    )
+    try:
+        with _bounded_object_store(dataset, _object_store_budget(job, info)):
+            dataset.write_datasink(
+                sink,
+                ray_remote_args={"num_cpus": _WRITE_TASK_CPUS},
+                concurrency=max(1, job.workers),  # 0-CPU tasks would otherwise fan out
+            )
+        if on_event is not None:
+            on_event("staged")
+        manifest = writer.commit(
+            attempt,
+            input_rows=info.num_rows,
+            parts=sink.parts,
+            rejected_reasons=sink.reasons,
+            metadata={
+                "run_id": p.run_id,
+                "partition": unit or None,
+                "model": {"uri": job.model, "id": model_id(p.model_meta)},
+                "n_clusters": p.n_clusters,
+                "input": {
+                    "uri": info.uri,
+                    "column": job.column,
+                    "rows": info.num_rows,
+                    "files": info.file_uris(),
+                },
+                "id_columns": list(job.id_columns),
+                "columns": [*job.id_columns, *RESULT_COLUMNS],
+            },
+        )
+    except Exception as exc:
+        writer.discard(attempt)
+        raise _clear_error(exc, job, unit_loc) from None
+    if on_event is not None:
+        on_event("committed")
+    logger.info(
+        "committed %s: %d assigned, %d rejected, %d file(s)",
+        unit_loc.uri, manifest["rows"]["assigned"], manifest["rows"]["rejected"],
+        len(manifest["files"]) + len(manifest["rejected_files"]),
+    )  # fmt: skip
+    return manifest
+
+
+def _clear_error(exc: BaseException, job: AssignJob, unit: storage.Location) -> BaseException:
+    """One clear error for a failed unit: the TellError behind Ray's wrappers, else a storage
+    error when a location is unreachable now, else the original exception."""
+    suffix = f" Nothing was committed to {unit.uri}; fix the cause and re-run."
+    found = runtime.user_error(exc)
+    if found is None:
+        for uri, write in ((job.out, True), (job.data, False)):
+            try:
+                storage.check_access(storage.resolve(uri), write=write)
+            except TellStorageError as probe:
+                found = probe
+                break
+    if found is None:
+        return exc
+    if isinstance(found, writer.RowCountMismatch):
+        return found
+    return type(found)(runtime.one_line(found) + suffix)

@@ -1,0 +1,194 @@
+"""The per-worker loop of ``tell train`` (:func:`train_loop_per_worker`): one process per
+Ray Train worker, importable and runnable on its own (tests run it on a local cluster).
+
+Every rank runs the same number of steps per epoch (agreed by an all-reduce, so uneven
+shards never deadlock), gradients are all-reduced by DDP inside backward, then every rank
+normalises the same summed center gradient, steps and re-projects: the centers stay
+identical on all ranks. Rank 0 reports a checkpoint per epoch; a restarted run resumes from
+the latest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from jobs.train.faults import maybe_inject_fault
+from tell import checkpoint
+from tell.config import TrainConfig, from_mapping
+from tell.encoders import EncoderSpec
+from tell.engine import run_epoch
+from tell.init import initial_centers
+from tell.model import TELLNet
+from tell.optim import make_optimizer
+from tell.schedule import EpochSchedule
+
+logger = logging.getLogger("tell.train")
+
+
+def _collectives(world: int):
+    """(all_reduce SUM, all_gather along dim 0) for this world size."""
+    if world == 1:
+        return (lambda t: None), (lambda t: t)
+
+    def all_gather(t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    return (lambda t: dist.all_reduce(t)), all_gather
+
+
+def agreed_batches(
+    batches: Iterable[dict], max_steps: int, world: int, all_reduce_fn, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Yield feature batches while EVERY rank still has one, at most ``max_steps``.
+
+    Each step all-reduces a 'have a batch' flag: ranks whose shard ran out make all ranks
+    stop together instead of leaving the others hanging in DDP's all-reduce.
+    """
+    iterator = iter(batches)
+    for _ in range(max_steps):
+        batch = next(iterator, None)
+        have = torch.tensor([0 if batch is None else 1], device=device)
+        all_reduce_fn(have)
+        if int(have.item()) < world:
+            return
+        yield batch["x"]
+
+
+def _encode_sample(net: TELLNet, sample: np.ndarray, device: torch.device) -> torch.Tensor:
+    net.eval()
+    with torch.no_grad():  # torch.tensor copies: the sample is a read-only object-store view
+        z = torch.cat(
+            [
+                net.encode(torch.tensor(sample[i : i + 8192], device=device))
+                for i in range(0, len(sample), 8192)
+            ]
+        )
+    net.train()
+    return z.cpu()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's loop: one process per worker; see the module docstring."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = from_mapping(TrainConfig, config["model"], "train config")
+    spec = EncoderSpec.from_dict(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+    torch.manual_seed(cfg.seed)
+    net = TELLNet(spec, cfg.k, cfg.alpha)
+    net.fit_input_scaling_(torch.tensor(config["sample"]))  # same sample on every rank
+    optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
+    history, resumed_at = [], []
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as directory:
+            loaded, meta = checkpoint.load(directory, optimizer=optimizer)
+        net.load_state_dict(loaded.state_dict())
+        history = list(meta.get("history", []))
+        # the epochs at which this run restarted from a checkpoint (observable resumption)
+        resumed_at = [*meta.get("resumed_at", []), len(history)]
+    model = ray.train.torch.prepare_model(net)
+    all_reduce, all_gather = _collectives(world)
+    local_batch = max(1, cfg.batch_size // world)
+    max_steps = max(1, config["rows"] // world // local_batch)
+    # The epoch plan (tell/schedule.py) is the estimator's; a resumed run replays its history.
+    schedule = EpochSchedule(cfg, config["rows"], net.has_decoder, history=history)
+    pretrained: dict[str, torch.Tensor] | None = None
+    shard = ray.train.get_dataset_shard("train")
+    while (plan := schedule.next_epoch()) is not None:
+        epoch = plan.index
+        if plan.init_centers:
+            if plan.restart and pretrained is not None:  # the collapse guard's restart
+                net.load_state_dict(pretrained)
+            pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
+            _init_centers(
+                net, config["sample"], cfg, cfg.seed + schedule.restarts, rank, world, device
+            )
+        started = time.perf_counter()
+        batches = shard.iter_torch_batches(
+            batch_size=local_batch,
+            drop_last=True,
+            local_shuffle_buffer_size=min(8 * local_batch, 200_000),
+            local_shuffle_seed=cfg.seed * 100_003 + epoch * 7 + rank,
+            device=device,
+        )
+        batches = maybe_inject_fault(
+            agreed_batches(batches, max_steps, world, all_reduce, device),
+            config.get("fault"),
+            rank=rank,
+            epoch=epoch,
+        )
+        summary = run_epoch(
+            model,
+            batches,
+            optimizer,
+            plan,
+            cfg,
+            all_reduce_fn=all_reduce,
+            all_gather_fn=all_gather,
+        )
+        elapsed = time.perf_counter() - started
+        weights = net.cluster.weight.detach()[None]
+        divergence = float((all_gather(weights) - weights).abs().max())
+        entry = schedule.record(
+            {
+                **summary,
+                "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
+                "epoch_s": elapsed,
+                "replica_divergence": divergence,
+                "min_cluster_size": min(summary["cluster_sizes"]),
+                "max_cluster_size": max(summary["cluster_sizes"]),
+            }
+        )
+        metrics = {k: v for k, v in entry.items() if k != "cluster_sizes"}
+        if rank == 0:
+            logger.info("epoch %d/%d %s", epoch + 1, schedule.total_epochs, _format(metrics))
+            meta = {
+                **config["metadata"],
+                "epoch": epoch,
+                "metrics": entry,
+                "history": schedule.history,  # every epoch: older checkpoints are deleted
+                "resumed_at": resumed_at,
+                "outcome": schedule.outcome(),
+            }
+            with tempfile.TemporaryDirectory() as directory:
+                checkpoint.save(net, directory, meta, optimizer=optimizer)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+def _init_centers(
+    net: TELLNet, sample: np.ndarray, cfg: TrainConfig, seed: int, rank: int, world: int, device
+) -> None:
+    """k-means++ (or random) on the encoded sample on rank 0, broadcast to all ranks."""
+    centers = torch.empty(cfg.k, net.cluster.weight.shape[1])
+    if rank == 0:
+        centers = initial_centers(cfg.init, _encode_sample(net, sample, device), cfg.k, seed)
+    centers = centers.to(device)
+    if world > 1:
+        dist.broadcast(centers, src=0)
+    net.cluster.set_centers_(centers)
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    keys = ("phase", "clu_loss", "rec_loss", "inertia_per_row", "dead_centers", "rows_per_s")
+    return " ".join(
+        f"{k}={metrics[k]:.5g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
+        for k in keys
+    )
