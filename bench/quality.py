@@ -33,29 +33,15 @@ ENCODERS = ("identity", "mlp", "conv")
 SYNTHETIC_SHAPE = (50_000, 64, 50)  # rows, features, clusters
 DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "sgd": 0.01}
 
-# TELL parameters per dataset and encoder; the first key is what runs by default.
-# Chosen by the tuning runs recorded in bench-results/quality.md.
-DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "synthetic": {"identity": {"max_iter": 20}},
-    "wordnet": {
-        "identity": {"max_iter": 30},
-        "mlp": {"max_iter": 30, "pretrain_epochs": 20, "hidden_dims": (512, 128)},
-    },
-    "digits": {
-        "identity": {"max_iter": 30},
-        "conv": {"max_iter": 60, "pretrain_epochs": 30},
-    },
-    "mnist": {"conv": {"max_iter": 150, "pretrain_epochs": 20}},
+# The encoders each data set runs by default, all with the estimator's own defaults (issue
+# 11: defaults are the product; nothing here is tuned per data set). The conv encoder needs
+# images; identity is always run beside the learned encoders as the k-means baseline.
+DEFAULT_ENCODERS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("identity",),
+    "wordnet": ("identity", "mlp"),
+    "digits": ("identity", "mlp", "conv"),
+    "mnist": ("identity", "mlp"),
 }
-ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "identity": {"max_iter": 20},
-    "mlp": {"max_iter": 30, "pretrain_epochs": 20, "hidden_dims": (512, 128)},
-    "conv": {"max_iter": 60, "pretrain_epochs": 20},
-}
-# The mlp autoencoder's input: unit-norm embeddings have per-entry variance ~1/D, so the
-# mean-squared L_rec is ~1/D of the image case and lambda * L_clu swamps it (the features
-# collapse onto the centers). "sqrt-d" multiplies the rows by sqrt(D) for the mlp only.
-INPUT_SCALES = ("none", "sqrt-d")
 
 # (ACC, NMI, ARI) in %; ../shared/docs/TELL.md section 6 and DATA.md.
 REFERENCES: dict[str, dict[str, Any]] = {
@@ -72,10 +58,13 @@ REFERENCES: dict[str, dict[str, Any]] = {
     "synthetic": {},
 }
 GOALS = {
-    "mnist": "every seed >= 95.2 ACC within 150 epochs (conv AE)",
-    "wordnet": "identity or mlp TELL >= k-means++ (0.589 ACC / 0.503 NMI)",
+    "mnist": "mlp defaults: mean ACC >= 0.85, every seed >= 0.80 (CPU); conv on a GPU: every "
+    "seed >= 0.952 within 150 epochs; no run's NMI below 0.8x identity's",
+    "wordnet": "mlp defaults: mean ACC and mean NMI >= identity's + 0.02, every seed's ACC >= "
+    "identity's mean - 0.01; no run's NMI below 0.8x identity's",
     "synthetic": "identity: partition inertia <= 1.01x KMeans(n_init=10), ACC >= 0.98",
-    "digits": "none (smoke-size image data)",
+    "digits": "conv defaults: mean ACC >= 0.86, every seed >= 0.82; no run's NMI below 0.8x "
+    "identity's",
 }
 
 
@@ -91,12 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON path (default bench-results/quality-<dataset>.json)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--kmeans-n-init", type=int, default=10, help="0 skips k-means")
-    p.add_argument(
-        "--mlp-input-scale",
-        choices=INPUT_SCALES,
-        default="sqrt-d",
-        help="rows fed to the mlp encoder (default sqrt-d; see INPUT_SCALES)",
-    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     tune = p.add_argument_group("TELL overrides (applied to every encoder)")
     tune.add_argument("--epochs", type=int, dest="max_iter")
@@ -144,7 +127,6 @@ def tell_params(args: argparse.Namespace, encoder: str, info: dict[str, Any]) ->
     params = {
         "n_clusters": info["n_clusters"],
         "encoder": encoder,
-        **DEFAULTS[args.dataset].get(encoder, ENCODER_DEFAULTS[encoder]),
         "device": args.device,
     }
     if encoder == "conv":
@@ -180,13 +162,6 @@ def run_kmeans(x_flat: np.ndarray, y: np.ndarray, k: int, n_init: int, seed: int
         "cpu_s": cpu_s,
         "empty_clusters": int(k - np.unique(km.labels_).size),
     }
-
-
-def scaled_input(X: np.ndarray, encoder: str, mlp_input_scale: str) -> np.ndarray:
-    """What TELL is fitted on: X itself, or X * sqrt(D) for the mlp with "sqrt-d"."""
-    if encoder == "mlp" and mlp_input_scale == "sqrt-d":
-        return X * np.float32(np.sqrt(np.prod(X.shape[1:])))
-    return X
 
 
 def run_tell(X: np.ndarray, x_flat: np.ndarray, y: np.ndarray, params: dict, seed: int) -> dict:
@@ -246,24 +221,40 @@ def check_goal(dataset: str, runs: list[dict], epochs_limit: int = 150) -> dict[
             r["acc"] >= 0.98 and (r.get("inertia_vs_kmeans") or 0) <= 1.01 for r in ident
         )
         return {"goal": GOALS[dataset], "met": ok if km else None}
-    if dataset == "wordnet":
-        met = {}
-        for enc in ("identity", "mlp"):
-            rs = [r for r in tell if r["encoder"] == enc]
-            if rs:
-                acc, nmi = np.mean([r["acc"] for r in rs]), np.mean([r["nmi"] for r in rs])
-                met[enc] = {"vs_DATA.md": bool(acc >= 0.589 and nmi >= 0.503)}
-                if km:
-                    met[enc]["vs_measured_kmeans"] = bool(
-                        acc >= np.mean([r["acc"] for r in km])
-                        and nmi >= np.mean([r["nmi"] for r in km])
-                    )
-        return {"goal": GOALS[dataset], "met_by_mean": met}
-    if dataset == "mnist":
-        conv = [r for r in tell if r["encoder"] == "conv"]
-        ok = bool(conv) and all(r["acc"] >= 0.952 and r["epochs"] <= epochs_limit for r in conv)
-        return {"goal": GOALS[dataset], "met": ok}
-    return {"goal": GOALS[dataset], "met": None}
+    by_encoder = {e: [r for r in tell if r["encoder"] == e] for e in ENCODERS}
+    ident = by_encoder["identity"]
+    if not ident:
+        return {"goal": GOALS[dataset], "met": None, "why": "identity was not run"}
+    ident_acc = float(np.mean([r["acc"] for r in ident]))
+    ident_nmi = float(np.mean([r["nmi"] for r in ident]))
+    checks: dict[str, bool] = {
+        f"{r['method']} seed {r['seed']} NMI >= 0.8x identity": bool(r["nmi"] >= 0.8 * ident_nmi)
+        for r in tell
+    }
+    if dataset == "wordnet" and by_encoder["mlp"]:
+        mlp = by_encoder["mlp"]
+        checks["mlp mean ACC >= identity + 0.02"] = bool(
+            np.mean([r["acc"] for r in mlp]) >= ident_acc + 0.02
+        )
+        checks["mlp mean NMI >= identity + 0.02"] = bool(
+            np.mean([r["nmi"] for r in mlp]) >= ident_nmi + 0.02
+        )
+        checks["mlp every seed ACC >= identity mean - 0.01"] = all(
+            r["acc"] >= ident_acc - 0.01 for r in mlp
+        )
+    if dataset == "mnist" and by_encoder["mlp"]:
+        mlp = by_encoder["mlp"]
+        checks["mlp mean ACC >= 0.85"] = bool(np.mean([r["acc"] for r in mlp]) >= 0.85)
+        checks["mlp every seed ACC >= 0.80"] = all(r["acc"] >= 0.80 for r in mlp)
+    if dataset == "mnist" and by_encoder["conv"]:
+        checks["conv every seed >= 0.952 within 150 epochs"] = all(
+            r["acc"] >= 0.952 and r["epochs"] <= epochs_limit for r in by_encoder["conv"]
+        )
+    if dataset == "digits" and by_encoder["conv"]:
+        conv = by_encoder["conv"]
+        checks["conv mean ACC >= 0.86"] = bool(np.mean([r["acc"] for r in conv]) >= 0.86)
+        checks["conv every seed ACC >= 0.82"] = all(r["acc"] >= 0.82 for r in conv)
+    return {"goal": GOALS[dataset], "met": all(checks.values()), "checks": checks}
 
 
 def _pct(value: float | None) -> str:
@@ -313,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--seeds must be >= 1. Got {args.seeds}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but torch sees no CUDA device.")
-    encoders = tuple(args.encoder or DEFAULTS[args.dataset])
+    encoders = tuple(args.encoder or DEFAULT_ENCODERS[args.dataset])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine = machine_info(device=args.device)
@@ -338,12 +329,37 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(km)
             print(format_row(km), flush=True)
         for enc in encoders:
-            x_in = scaled_input(X, enc, args.mlp_input_scale)
-            r = {"seed": seed, **run_tell(x_in, x_flat, y, params[enc], seed)}
+            r = {"seed": seed, **run_tell(X, x_flat, y, params[enc], seed)}
             r["inertia_vs_kmeans"] = r["inertia"] / km["inertia"] if km else None
             runs.append(r)
             print(format_row(r), flush=True)
+        if seed < args.seeds - 1:  # a long run leaves its finished seeds on disk
+            _write(args, _result(args, argv, machine, data, params, runs), quiet=True)
     finish(machine)
+    result = _result(args, argv, machine, data, params, runs)
+    print()
+    print(format_summary(result))
+    _write(args, result)
+    return result
+
+
+def _write(args: argparse.Namespace, result: dict, quiet: bool = False) -> None:
+    out = Path(args.out or f"bench-results/quality-{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if not quiet:
+        print(f"wrote {out}")
+
+
+def _result(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    machine: dict,
+    data: dict,
+    params: dict,
+    runs: list[dict],
+) -> dict:
+    """The JSON of the runs made so far, exactly as written."""
     result = {
         "benchmark": "quality",
         "dataset": args.dataset,
@@ -351,13 +367,10 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine,
         "data": data,
         "tell_params": params,
-        "tell_input": {
-            enc: "rows * sqrt(D)"
-            if enc == "mlp" and args.mlp_input_scale == "sqrt-d"
-            else "rows as loaded"
-            for enc in encoders
-        },
-        "kmeans_params": {"init": "k-means++", "n_init": args.kmeans_n_init} if km else None,
+        "tell_input": "rows as loaded (the mlp standardises them inside the model)",
+        "kmeans_params": {"init": "k-means++", "n_init": args.kmeans_n_init}
+        if args.kmeans_n_init > 0
+        else None,
         "notes": {
             "scores": "ACC/NMI/ARI as fractions in JSON, % in the printed table",
             "inertia": "k-means objective of each partition on the k-means input "
@@ -374,14 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["summary"] = summarize(runs)
     result["references"] = REFERENCES[args.dataset]
     result["goal"] = check_goal(args.dataset, runs)
-    result = json.loads(json.dumps(result, default=_json_default))  # what is written, exactly
-    print()
-    print(format_summary(result))
-    out = Path(args.out or f"bench-results/quality-{args.dataset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
-    return result
+    return json.loads(json.dumps(result, default=_json_default))  # what is written, exactly
 
 
 def _json_default(value: Any) -> Any:

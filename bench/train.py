@@ -508,7 +508,7 @@ def read_epoch_metrics(run_dir: Path) -> list[dict[str, Any]]:
         "epoch_s",
         "inertia_per_row",
         "dead_centers",
-        "moved_centers",
+        "moved",
         "replica_divergence",
     )
     metas = [json.loads(f.read_text()) for f in run_dir.glob("checkpoint_*/metadata.json")]

@@ -10,13 +10,13 @@ is :mod:`tell.checkpoint`'s; nothing here unpickles.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobs import storage
 from tell import checkpoint
-from tell.errors import TellCheckpointError
+from tell.errors import TellCheckpointError, TellCollapseError
 from tell.model import TELLNet
 
 MODEL_DIR = "model"
@@ -29,13 +29,24 @@ def model_uri(out: str | storage.Location, name: str) -> str:
 
 
 def publish(
-    checkpoint_dir: str | Path, out: str | storage.Location, name: str
+    checkpoint_dir: str | Path,
+    out: str | storage.Location,
+    name: str,
+    annotate: Callable[[TELLNet, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Publish the model of a local training checkpoint as ``<out>/<name>/model``.
 
-    The optimizer state stays behind. Returns (the model's URI, its metadata).
+    The optimizer state stays behind. A run whose collapse guard gave up
+    (``tell.schedule``) is refused with the guard's message instead: a collapsed model is
+    never published. ``annotate(net, meta)`` returns metadata to add (the train driver's
+    label-free verdict). Returns (the model's URI, its metadata).
     """
     net, meta = checkpoint.load(checkpoint_dir)
+    outcome = meta.get("outcome", {})
+    if outcome.get("stop_reason") == "collapsed":
+        raise TellCollapseError(outcome["message"])
+    if annotate is not None:
+        meta = {**meta, **annotate(net, meta)}
     uri = model_uri(out, name)
     save_model(uri, net, meta)
     return uri, meta

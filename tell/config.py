@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tell.encoders import ENCODERS, EncoderSpec
-from tell.engine import OPTIMIZERS
 from tell.errors import TellConfigError
 from tell.init import INITS
+from tell.optim import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,13 @@ class TrainConfig:
     latent_dim : size of the unit feature for mlp/conv.
     hidden_dims : widths of the MLP's hidden layers.
     image_shape : (H, W, C) for the conv encoder.
-    epochs : passes over the data (the reference alternates centers/features per epoch).
-    pretrain_epochs : autoencoder-only epochs before the centers are initialised.
+    epochs : clustering passes over the data (the reference alternates centers/features
+        per epoch).
+    pretrain_epochs : autoencoder-only epochs before the centers are initialised; None:
+        automatic (see ``tell.schedule.pretrain_epochs_for``).
     batch_size : rows per step (global batch; split across workers in the jobs).
-    optimizer : the autoencoder's optimizer (the reference: Adadelta).
-    lr : its learning rate (the reference: 1.0).
+    optimizer : the autoencoder's optimizer (the reference: Adadelta, lr 1.0).
+    lr : its learning rate.
     alpha : scale of the clustering layer (rows of W at norm 2*alpha).
     cluster_weight : lambda, the weight of L_clu.
     grad_fraction : each center's gradient is rescaled to this fraction of its norm.
@@ -43,7 +45,10 @@ class TrainConfig:
     repair : move dead and redundant centers into the worst-fitted clusters between epochs.
     init_sample_rows : rows sampled for k-means++.
     n_init : restarts; the one with the lowest final L_clu wins (the paper picks 5).
-    tol : stop when fewer than this fraction of rows changed cluster in an epoch (0: never).
+    tol : stop when the inertia of two consecutive centers epochs differs by at most this
+        fraction and no center moved (0: never).
+    collapse_guard : restart (then refuse) a run whose learned features collapse (see
+        ``tell.schedule``).
     seed : random seed of everything (init, shuffling, weights).
     """
 
@@ -53,10 +58,10 @@ class TrainConfig:
     hidden_dims: tuple[int, ...] = (500, 500, 2000)
     image_shape: tuple[int, ...] | None = None
     epochs: int = 20
-    pretrain_epochs: int = 0
+    pretrain_epochs: int | None = None
     batch_size: int = 256
-    optimizer: str = "adadelta"
-    lr: float = 1.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
     alpha: float = 0.001
     cluster_weight: float = 0.01
     grad_fraction: float = 0.1
@@ -66,6 +71,7 @@ class TrainConfig:
     init_sample_rows: int = 100_000
     n_init: int = 1
     tol: float = 0.0
+    collapse_guard: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,7 +81,8 @@ class TrainConfig:
         check_choice("init", self.init, INITS)
         for name in ("latent_dim", "epochs", "batch_size", "init_sample_rows", "n_init"):
             check_range(name, getattr(self, name), low=1)
-        check_range("pretrain_epochs", self.pretrain_epochs, low=0)
+        if self.pretrain_epochs is not None:
+            check_range("pretrain_epochs", self.pretrain_epochs, low=0)
         for name in ("lr", "alpha", "cluster_weight", "grad_fraction", "center_lr"):
             check_range(name, getattr(self, name), low=0.0, low_open=True)
         check_range("tol", self.tol, low=0.0, high=1.0)

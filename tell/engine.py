@@ -14,18 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from tell.errors import TellConfigError
 from tell.layer import DEFAULT_GRAD_FRACTION
 from tell.losses import DEFAULT_CLUSTER_WEIGHT, cluster_loss, reconstruction_loss
 from tell.model import TELLNet
+from tell.schedule import CENTERS, PRETRAIN, EpochPlan
 
 if TYPE_CHECKING:
     from tell.config import TrainConfig
-
-OPTIMIZERS = ("adadelta", "adam", "sgd")
-PRETRAIN = "pretrain"  # phase: autoencoder only, centers untouched
-CENTERS = "centers"  # phase: L_clu trains the centers only (features detached)
-FEATURES = "features"  # phase: centers frozen, L_clu pulls features toward them
 
 AllReduceFn = Callable[[torch.Tensor], None]
 AllGatherFn = Callable[[torch.Tensor], torch.Tensor]
@@ -43,34 +38,6 @@ def local_all_gather(tensor: torch.Tensor) -> torch.Tensor:
 def unwrap(model: nn.Module) -> TELLNet:
     """The TELLNet inside a DDP wrapper (or the model itself)."""
     return getattr(model, "module", model)
-
-
-def phase_for_epoch(epoch: int, has_decoder: bool) -> str:
-    """The reference code's schedule: even epochs train centers, odd epochs features.
-
-    A model without an autoencoder (identity) has no features to train: always centers.
-    """
-    return CENTERS if (not has_decoder or epoch % 2 == 0) else FEATURES
-
-
-def repair_until(epochs: int) -> int:
-    """First epoch without center repair: the last 3 epochs (at least one of them a
-    centers epoch in the alternating schedule) let moved centers settle."""
-    return max(epochs - 3, 0)
-
-
-def make_optimizer(model: TELLNet, name: str, lr: float) -> torch.optim.Optimizer | None:
-    """Optimizer over the autoencoder's parameters (never the centers); None if there are none."""
-    params = [p for n, p in model.named_parameters() if not n.startswith("cluster.")]
-    if not params:
-        return None
-    if name == "adadelta":
-        return torch.optim.Adadelta(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise TellConfigError(f"The 'optimizer' must be one of {list(OPTIMIZERS)}. Got {name!r}.")
 
 
 @dataclass
@@ -113,7 +80,7 @@ def train_step(
     layer = net.cluster
     out = model(x, detach_features=(phase == CENTERS))
     clu = cluster_loss(out.picked, layer.n_clusters, layer.alpha, cluster_weight)
-    rec = reconstruction_loss(out.x_hat, x) if out.x_hat is not None else clu.new_zeros(())
+    rec = reconstruction_loss(out.x_hat, out.x_in) if out.x_hat is not None else clu.new_zeros(())
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
     layer.weight.grad = None
@@ -137,11 +104,13 @@ class EpochStats:
     ``counts``, ``sq_dist_sums`` and ``margin_sums`` are (k,): rows, summed squared
     distance and summed margin of the rows assigned to each center. ``farthest_z`` (k, d)
     holds, for each center, its assigned row farthest from it (``farthest_sq_dist``, -1 when
-    none): the candidates for moving centers.
+    none): the candidates for moving centers. ``z_sum`` (d,) is the sum of the unit
+    features, for their spread ``1 - ||mean z||^2`` (the collapse guard's signal).
     """
 
     def __init__(self, n_clusters: int, n_features: int, device: torch.device | str = "cpu"):
         self._losses = torch.zeros(3, dtype=torch.float64, device=device)  # rec, clu, steps
+        self.z_sum = torch.zeros(n_features, dtype=torch.float64, device=device)
         self.counts = torch.zeros(n_clusters, dtype=torch.float64, device=device)
         self.sq_dist_sums = torch.zeros_like(self.counts)
         self.margin_sums = torch.zeros_like(self.counts)
@@ -153,6 +122,7 @@ class EpochStats:
         self._losses[0] += step.rec_loss.double() * n_rows
         self._losses[1] += step.clu_loss.double() * n_rows
         self._losses[2] += 1.0
+        self.z_sum += step.z.double().sum(dim=0)
         labels = step.labels
         self.counts.index_add_(0, labels, torch.ones_like(step.sq_dist, dtype=torch.float64))
         self.sq_dist_sums.index_add_(0, labels, step.sq_dist.double())
@@ -171,7 +141,7 @@ class EpochStats:
 
     def reduce(self, all_reduce_fn: AllReduceFn, all_gather_fn: AllGatherFn) -> None:
         """SUM the statistics over processes; keep the farthest row per center over all."""
-        for tensor in (self._losses, self.counts, self.sq_dist_sums, self.margin_sums):
+        for tensor in (self._losses, self.z_sum, self.counts, self.sq_dist_sums, self.margin_sums):
             all_reduce_fn(tensor)
         packed = torch.cat([self.farthest_sq_dist[:, None], self.farthest_z], dim=1)
         gathered = all_gather_fn(packed[None])  # (world, k, 1 + d)
@@ -186,6 +156,7 @@ class EpochStats:
     def summary(self) -> dict[str, float | int | list[int]]:
         rec, clu, n_steps = self._losses.tolist()
         n_rows = max(float(self.counts.sum()), 1.0)
+        mean_z = self.z_sum / n_rows
         return {
             "rec_loss": rec / n_rows,
             "clu_loss": clu / n_rows,
@@ -193,6 +164,7 @@ class EpochStats:
             "rows": int(n_rows),
             "steps": int(n_steps),
             "dead_centers": int((self.counts == 0).sum().item()),
+            "feature_spread": 1.0 - float(mean_z.square().sum()),
             "cluster_sizes": [int(c) for c in self.counts.tolist()],
         }
 
@@ -253,19 +225,19 @@ def run_epoch(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
-    phase: str,
+    plan: EpochPlan,
     cfg: TrainConfig,
     *,
-    repair: bool = True,
     all_reduce_fn: AllReduceFn = noop_all_reduce,
     all_gather_fn: AllGatherFn = local_all_gather,
 ) -> dict:
-    """Train one epoch on ``batches`` (each (B, D), on the model's device), then repair centers.
+    """Train one epoch of ``plan`` (see :mod:`tell.schedule`) on ``batches``, then repair.
 
-    Under DDP every process must pass the same number of batches. ``repair`` moves dead and
-    redundant centers (see :func:`repair_centers_`) after a "centers" epoch; leave it off
-    for the last epochs so the moved centers can settle. Returns the epoch summary (see
-    :meth:`EpochStats.summary`) plus ``phase`` and ``moved`` (centers moved).
+    ``batches`` are (B, D) tensors on the model's device; under DDP every process must pass
+    the same number of them. The phase and the cluster weight come from ``plan``; when
+    ``plan.repair`` is set, dead and redundant centers move afterwards (see
+    :func:`repair_centers_`). Returns the epoch summary (:meth:`EpochStats.summary`) plus
+    ``phase`` and ``moved`` (centers moved).
     """
     net = unwrap(model)
     weight = net.cluster.weight
@@ -276,12 +248,12 @@ def run_epoch(
             model,
             x,
             optimizer,
-            phase,
-            cluster_weight=cfg.cluster_weight,
+            plan.phase,
+            cluster_weight=plan.cluster_weight,
             center_lr=cfg.center_lr,
             grad_fraction=cfg.grad_fraction,
         )
         stats.add(step)
     stats.reduce(all_reduce_fn, all_gather_fn)
-    moved = repair_centers_(net, stats) if (repair and phase == CENTERS) else []
-    return {**stats.summary(), "phase": phase, "moved": len(moved)}
+    moved = repair_centers_(net, stats) if (plan.repair and plan.phase == CENTERS) else []
+    return {**stats.summary(), "phase": plan.phase, "moved": len(moved)}

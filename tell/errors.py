@@ -27,3 +27,7 @@ class TellCheckpointError(TellError):
 
 class NotFittedError(TellError, AttributeError):
     """The estimator is used before ``fit``."""
+
+
+class TellCollapseError(TellError):
+    """Training stopped because the learned features collapsed (see ``tell.schedule``)."""

@@ -22,18 +22,14 @@ from tell import checkpoint
 from tell._validation import check_enough_rows, check_matrix
 from tell.assign import assign
 from tell.config import TrainConfig, check_choice
-from tell.engine import (
-    CENTERS,
-    PRETRAIN,
-    make_optimizer,
-    phase_for_epoch,
-    repair_until,
-    run_epoch,
-)
-from tell.errors import NotFittedError
+from tell.engine import run_epoch
+from tell.errors import NotFittedError, TellCollapseError
 from tell.init import initial_centers
 from tell.metrics import inertia as inertia_of
 from tell.model import TELLNet
+from tell.optim import make_optimizer
+from tell.schedule import EpochPlan, EpochSchedule, phase_for_epoch
+from tell.verdict import encoder_verdict, verdict_rows
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +46,9 @@ class TELL:
         connected autoencoder) or "conv" (the paper's convolutional autoencoder; rows are
         images of ``image_shape``).
     latent_dim, hidden_dims, image_shape : the autoencoder's shape.
-    max_iter : training epochs (passes over X).
-    pretrain_epochs : autoencoder-only epochs before the centers are initialised.
+    max_iter : clustering epochs (passes over X).
+    pretrain_epochs : autoencoder-only epochs before the centers are initialised; None:
+        automatic (``tell.schedule.pretrain_epochs_for``).
     batch_size, optimizer, lr : minibatch size and the autoencoder's optimizer.
     alpha, cluster_weight, grad_fraction, center_lr : the clustering layer's scale, lambda,
         the gradient normalisation (10% of the center norm) and the center step multiplier.
@@ -60,7 +57,11 @@ class TELL:
         centers epoch but the last few (see ``tell.engine.repair_centers_``).
     init_sample_rows : rows of X used for k-means++.
     n_init : restarts; the lowest final L_clu wins.
-    tol : stop early when at most this fraction of rows changed cluster in an epoch.
+    tol : stop early when the inertia of two consecutive centers epochs differs by at most
+        this fraction (relative) and no center moved.
+    collapse_guard : restart the clustering with a smaller cluster weight when the learned
+        features collapse; raise :class:`tell.errors.TellCollapseError` when they still do
+        (see :mod:`tell.schedule`).
     device : "cpu", "cuda" or "auto".
     random_state : int or None.
     verbose : 0 silent, 1 logs a line per epoch (``logging`` at INFO).
@@ -73,6 +74,9 @@ class TELL:
     inertia_ : float, sum of squared distances of the training rows to their centers.
     n_iter_ : int, epochs run.
     history_ : list of dict, per-epoch statistics of the kept run.
+    outcome_ : dict, what the schedule's guard did (stop reason, restarts, events).
+    verdict_ : dict or None, for a learned encoder: whether it beat the identity encoder on a
+        bounded sample, judged without labels (:func:`judge_encoder`).
     n_features_in_ : int, values per input row.
     """
 
@@ -85,10 +89,10 @@ class TELL:
         hidden_dims: tuple[int, ...] = (500, 500, 2000),
         image_shape: tuple[int, int, int] | None = None,
         max_iter: int = 20,
-        pretrain_epochs: int = 0,
+        pretrain_epochs: int | None = None,
         batch_size: int = 256,
-        optimizer: str = "adadelta",
-        lr: float = 1.0,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
         alpha: float = 0.001,
         cluster_weight: float = 0.01,
         grad_fraction: float = 0.1,
@@ -98,6 +102,7 @@ class TELL:
         init_sample_rows: int = 100_000,
         n_init: int = 1,
         tol: float = 0.0,
+        collapse_guard: bool = True,
         device: str = "cpu",
         random_state: int | None = None,
         verbose: int = 0,
@@ -121,6 +126,7 @@ class TELL:
         self.init_sample_rows = init_sample_rows
         self.n_init = n_init
         self.tol = tol
+        self.collapse_guard = collapse_guard
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -133,16 +139,17 @@ class TELL:
         check_enough_rows(X.shape[0], cfg.k)
         device = self._device()
         x_all = torch.from_numpy(X).to(device)
-        best: tuple[float, TELLNet, list[dict]] | None = None
+        best: tuple[float, TELLNet, EpochSchedule] | None = None
         for run in range(cfg.n_init):
-            net, history = self._fit_once(x_all, cfg, cfg.seed + run, device)
-            final_clu = history[-1]["clu_loss"]
+            net, schedule = self._fit_once(x_all, cfg, cfg.seed + run, device)
+            final_clu = schedule.history[-1]["clu_loss"]
             if self.verbose:
                 logger.info("run %d: final L_clu %.6g", run, final_clu)
             if best is None or final_clu < best[0]:
-                best = (final_clu, net, history)
+                best = (final_clu, net, schedule)
         assert best is not None
-        self.model_, self.history_ = best[1], best[2]
+        self.model_, self.history_ = best[1], best[2].history
+        self.outcome_ = best[2].outcome()
         self.n_iter_ = len(self.history_)
         self.n_features_in_ = X.shape[1]
         self._partial_epoch = self.n_iter_
@@ -150,6 +157,11 @@ class TELL:
         z = self._encode(x_all)
         self.labels_ = assign(z, self.model_.cluster.centers).labels.cpu().numpy()
         self.inertia_ = inertia_of(z.cpu().numpy(), self.cluster_centers_, self.labels_)
+        self.verdict_ = (
+            judge_encoder(self.model_, _sample(x_all, verdict_rows(cfg.k), cfg.seed), cfg.seed)
+            if self.model_.has_decoder
+            else None
+        )
         return self
 
     def partial_fit(self, X: Any, y: Any = None) -> TELL:
@@ -159,59 +171,58 @@ class TELL:
         if not hasattr(self, "model_"):
             X = check_matrix(X)
             check_enough_rows(X.shape[0], cfg.k)
-            self.model_ = TELLNet(cfg.encoder_spec(X.shape[1]), cfg.k, cfg.alpha).to(device)
+            x_all = torch.from_numpy(X).to(device)
+            self.model_ = self._new_model(x_all, cfg, device)
             self._optimizer = make_optimizer(self.model_, cfg.optimizer, cfg.lr)
             self.n_features_in_ = X.shape[1]
             self._partial_epoch = 0
             self.history_ = []
-            x_all = torch.from_numpy(X).to(device)
             self._init_centers(self.model_, x_all, cfg, cfg.seed)
         else:
             X = check_matrix(X, n_features=self.n_features_in_)
             x_all = torch.from_numpy(X).to(device)
         phase = phase_for_epoch(self._partial_epoch, self.model_.has_decoder)
+        plan = EpochPlan(self._partial_epoch, phase, False, False, cfg.repair, cfg.cluster_weight)
         generator = torch.Generator().manual_seed(cfg.seed + self._partial_epoch)
         batches = _shuffled_batches(x_all, cfg.batch_size, generator)
-        self.history_.append(run_epoch(self.model_, batches, self._optimizer, phase, cfg))
+        self.history_.append(run_epoch(self.model_, batches, self._optimizer, plan, cfg))
         self._partial_epoch += 1
         self.n_iter_ = self._partial_epoch
         return self
 
     def _fit_once(
         self, x_all: torch.Tensor, cfg: TrainConfig, seed: int, device: torch.device
-    ) -> tuple[TELLNet, list[dict]]:
+    ) -> tuple[TELLNet, EpochSchedule]:
+        """One run of the epoch plan of :mod:`tell.schedule` (the Ray loop runs the same)."""
         torch.manual_seed(seed)
-        net = TELLNet(cfg.encoder_spec(x_all.shape[1]), cfg.k, cfg.alpha).to(device)
+        net = self._new_model(x_all, cfg, device)
         optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
         generator = torch.Generator().manual_seed(seed)
-        history: list[dict] = []
-        for _ in range(cfg.pretrain_epochs if net.has_decoder else 0):
+        schedule = EpochSchedule(cfg, x_all.shape[0], net.has_decoder)
+        pretrained: dict[str, torch.Tensor] | None = None
+        while (plan := schedule.next_epoch()) is not None:
+            if plan.init_centers:
+                if plan.restart and pretrained is not None:
+                    net.load_state_dict(pretrained)
+                    optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
+                pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
+                self._init_centers(net, x_all, cfg, seed + schedule.restarts)
             batches = _shuffled_batches(x_all, cfg.batch_size, generator)
-            history.append(run_epoch(net, batches, optimizer, PRETRAIN, cfg))
-        self._init_centers(net, x_all, cfg, seed)
-        previous: torch.Tensor | None = None
-        for epoch in range(cfg.epochs):
-            phase = phase_for_epoch(epoch, net.has_decoder)
-            batches = _shuffled_batches(x_all, cfg.batch_size, generator)
-            repair = cfg.repair and epoch < repair_until(cfg.epochs)
-            summary = run_epoch(net, batches, optimizer, phase, cfg, repair=repair)
-            history.append(summary)
+            summary = schedule.record(run_epoch(net, batches, optimizer, plan, cfg))
             if self.verbose:
-                logger.info("epoch %d %s: %s", epoch, phase, _short(summary))
-            if cfg.tol > 0 and phase == CENTERS:
-                labels = assign(self._encode(x_all, net), net.cluster.centers).labels
-                if previous is not None:
-                    summary["changed_fraction"] = float((labels != previous).float().mean())
-                    if summary["changed_fraction"] <= cfg.tol:
-                        break
-                previous = labels
-        return net, history
+                logger.info("epoch %d %s: %s", plan.index, plan.phase, _short(summary))
+        if schedule.stop_reason == "collapsed":
+            raise TellCollapseError(schedule.collapse_message())
+        return net, schedule
+
+    def _new_model(self, x_all: torch.Tensor, cfg: TrainConfig, device: torch.device) -> TELLNet:
+        """A fresh TELLNet for rows like ``x_all``, its input scaling measured on a sample."""
+        net = TELLNet(cfg.encoder_spec(x_all.shape[1]), cfg.k, cfg.alpha).to(device)
+        net.fit_input_scaling_(_sample(x_all, cfg.init_sample_rows, cfg.seed))
+        return net
 
     def _init_centers(self, net: TELLNet, x_all: torch.Tensor, cfg: TrainConfig, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        n_sample = min(cfg.init_sample_rows, x_all.shape[0])
-        rows = torch.randperm(x_all.shape[0], generator=generator)[:n_sample].to(x_all.device)
-        z_sample = self._encode(x_all[rows], net)
+        z_sample = self._encode(_sample(x_all, cfg.init_sample_rows, seed), net)
         centers = initial_centers(cfg.init, z_sample.cpu(), cfg.k, seed)
         net.cluster.set_centers_(centers)
 
@@ -263,7 +274,12 @@ class TELL:
     def save(self, directory: str | Path) -> None:
         """Write the fitted model as safetensors + JSON metadata into ``directory``."""
         self._check_fitted()
-        meta = {"config": self._config().to_dict(), "n_iter": self.n_iter_}
+        meta = {
+            "config": self._config().to_dict(),
+            "n_iter": self.n_iter_,
+            "outcome": getattr(self, "outcome_", None),
+            "verdict": getattr(self, "verdict_", None),
+        }
         checkpoint.save(self.model_, directory, meta)
 
     @classmethod
@@ -320,6 +336,7 @@ class TELL:
             init_sample_rows=self.init_sample_rows,
             n_init=self.n_init,
             tol=self.tol,
+            collapse_guard=self.collapse_guard,
             seed=int(seed),
         )
 
@@ -351,6 +368,29 @@ class TELL:
         )
         net.train(was_training)
         return z
+
+
+def judge_encoder(net: TELLNet, x_sample: torch.Tensor, seed: int) -> dict[str, Any]:
+    """The label-free verdict of :mod:`tell.verdict` for a trained model with a learned
+    encoder: its clusters of ``x_sample`` (n, D) against those of the identity encoder
+    (TELL defaults) fitted on the same rows. The Ray train loop calls this too."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        learned = assign(net.encode(x_sample), net.cluster.centers).labels
+    net.train(was_training)
+    flat = x_sample.reshape(x_sample.shape[0], -1).cpu().numpy()
+    identity = TELL(net.cluster.n_clusters, random_state=seed).fit(flat)
+    return encoder_verdict(
+        x_sample.cpu(), learned.cpu(), torch.from_numpy(identity.labels_), net.cluster.n_clusters
+    )
+
+
+def _sample(x_all: torch.Tensor, n_rows: int, seed: int) -> torch.Tensor:
+    """At most ``n_rows`` rows of x_all drawn without replacement with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(x_all.shape[0], generator=generator)[:n_rows].to(x_all.device)
+    return x_all[rows]
 
 
 def _shuffled_batches(

@@ -28,6 +28,8 @@ class TELLOutput(NamedTuple):
     picked : Tensor (B,), ``W_c(i) . z_i``, the score of each row's own center, WITH gradient
         (to W, and to z unless features are detached): all that L_clu needs.
     x_hat : Tensor (B, D) reconstruction g(z), or None for the identity encoder.
+    x_in : Tensor (B, D), the encoder's input after :class:`InputScaling`: the target of the
+        reconstruction.
     """
 
     z: torch.Tensor
@@ -36,6 +38,36 @@ class TELLOutput(NamedTuple):
     top2_scores: torch.Tensor
     picked: torch.Tensor
     x_hat: torch.Tensor | None
+    x_in: torch.Tensor
+
+
+class InputScaling(nn.Module):
+    """``x -> (x - shift) / scale``: the mlp autoencoder's input, standardised.
+
+    ``shift`` (D,) is the per-feature mean and ``scale`` (a scalar) the root mean square of
+    the centred entries, both measured on a sample (:meth:`fit_`) and kept as buffers, so
+    checkpoints carry them and DDP broadcasts them. One scalar (not one per feature) keeps
+    the geometry of the input: unit-norm embeddings (per-entry variance ~1/D) and raw pixels
+    alike reach per-entry variance 1, so L_rec starts near 1 whatever the data and the
+    clustering weight means the same on every data set. Before ``fit_`` it is the identity.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) / self.scale
+
+    @torch.no_grad()
+    def fit_(self, x: torch.Tensor) -> None:
+        """Measure shift and scale on a sample ``x`` of shape (n, D)."""
+        x = x.to(self.shift.device, torch.float64)
+        shift = x.mean(dim=0)
+        scale = (x - shift).square().mean().sqrt().clamp_min(1e-12)
+        self.shift.copy_(shift)
+        self.scale.copy_(scale)
 
 
 class TELLNet(nn.Module):
@@ -56,14 +88,26 @@ class TELLNet(nn.Module):
         self.spec = spec
         self.encoder, self.decoder = build_autoencoder(spec)
         self.cluster = ClusterLayer(n_clusters, spec.feature_dim, alpha)
+        # conv keeps pixels in [0, 1] (its decoder ends in a sigmoid); identity clusters
+        # the rows as they are.
+        self.input_scaling = InputScaling(spec.input_dim) if spec.kind == "mlp" else None
 
     @property
     def has_decoder(self) -> bool:
         return self.decoder is not None
 
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input (B, D): ``x`` standardised (mlp) or as it is."""
+        return self.input_scaling(x) if self.input_scaling is not None else x
+
+    def fit_input_scaling_(self, x_sample: torch.Tensor) -> None:
+        """Measure the input standardisation on rows (n, D) (mlp only; else a no-op)."""
+        if self.input_scaling is not None:
+            self.input_scaling.fit_(x_sample)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Unit features (B, d_z) of inputs (B, D). Not for training under DDP."""
-        return F.normalize(self.encoder(x), dim=1)
+        return F.normalize(self.encoder(self.scale_input(x)), dim=1)
 
     def forward(self, x: torch.Tensor, detach_features: bool = False) -> TELLOutput:
         """Run the whole model on a batch (B, D).
@@ -71,7 +115,8 @@ class TELLNet(nn.Module):
         ``detach_features=True`` (the even epochs of the reference schedule) computes the
         scores on ``z.detach()`` so the clustering loss trains only the centers.
         """
-        z = F.normalize(self.encoder(x), dim=1)
+        x_in = self.scale_input(x)
+        z = F.normalize(self.encoder(x_in), dim=1)
         z_clu = z.detach() if detach_features else z
         with torch.no_grad():
             scores = self.cluster(z_clu)  # (B, k)
@@ -80,4 +125,5 @@ class TELLNet(nn.Module):
         # code), so its gradient is a sparse row update instead of a second (B, k) GEMM.
         picked = (self.cluster.weight[labels] * z_clu).sum(dim=1)  # (B,)
         x_hat = self.decoder(z) if self.decoder is not None else None
-        return TELLOutput(z, scores, labels, torch.stack((best, second), 1), picked, x_hat)
+        top2_scores = torch.stack((best, second), 1)
+        return TELLOutput(z, scores, labels, top2_scores, picked, x_hat, x_in)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from jobs import runtime, storage
 from jobs.config import TrainJob
@@ -29,7 +30,10 @@ from jobs.train.worker import train_loop_per_worker
 from tell.config import TrainConfig
 from tell.encoders import EncoderSpec
 from tell.errors import TellConfigError, TellDataError
+from tell.estimator import judge_encoder
 from tell.io import screen_rows
+from tell.model import TELLNet
+from tell.verdict import verdict_rows
 
 logger = logging.getLogger("tell.train")
 
@@ -177,7 +181,9 @@ def main(job: TrainJob) -> dict[str, Any]:
     if result.checkpoint is None:
         raise TellDataError(f"Training run {job.name!r} finished without a checkpoint.")
     with result.checkpoint.as_directory() as directory:
-        model_uri, meta = publish(directory, out, job.name)
+        model_uri, meta = publish(
+            directory, out, job.name, annotate=lambda net, _: _verdict(net, scan.sample, cfg)
+        )
     return {
         "model": model_uri,
         "run": str(out.join("runs", job.name)),
@@ -188,4 +194,15 @@ def main(job: TrainJob) -> dict[str, Any]:
         "scan_s": round(scan_s, 2),
         "fit_s": round(fit_s, 2),
         "metrics": {k: v for k, v in meta["metrics"].items() if k != "cluster_sizes"},
+        "outcome": {k: v for k, v in meta.get("outcome", {}).items() if k != "guard_events"},
+        "verdict": meta.get("verdict"),
     }
+
+
+def _verdict(net: TELLNet, sample: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
+    """The label-free verdict (``tell.verdict``) of a learned encoder on the k-means++
+    sample the scan drew; ``{"verdict": None}`` for the identity encoder."""
+    if not net.has_decoder:
+        return {"verdict": None}
+    rows = torch.tensor(sample[: verdict_rows(cfg.k)])  # copies the read-only view
+    return {"verdict": judge_encoder(net, rows, cfg.seed)}

@@ -24,15 +24,11 @@ from jobs.train.faults import maybe_inject_fault
 from tell import checkpoint
 from tell.config import TrainConfig, from_mapping
 from tell.encoders import EncoderSpec
-from tell.engine import (
-    PRETRAIN,
-    make_optimizer,
-    phase_for_epoch,
-    repair_until,
-    run_epoch,
-)
+from tell.engine import run_epoch
 from tell.init import initial_centers
 from tell.model import TELLNet
+from tell.optim import make_optimizer
+from tell.schedule import EpochSchedule
 
 logger = logging.getLogger("tell.train")
 
@@ -95,27 +91,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
     torch.manual_seed(cfg.seed)
     net = TELLNet(spec, cfg.k, cfg.alpha)
+    net.fit_input_scaling_(torch.tensor(config["sample"]))  # same sample on every rank
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
-    start_epoch, history, resumed_at = 0, [], []
+    history, resumed_at = [], []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             loaded, meta = checkpoint.load(directory, optimizer=optimizer)
         net.load_state_dict(loaded.state_dict())
-        start_epoch, history = int(meta["epoch"]) + 1, list(meta.get("history", []))
+        history = list(meta.get("history", []))
         # the epochs at which this run restarted from a checkpoint (observable resumption)
-        resumed_at = [*meta.get("resumed_at", []), start_epoch]
+        resumed_at = [*meta.get("resumed_at", []), len(history)]
     model = ray.train.torch.prepare_model(net)
     all_reduce, all_gather = _collectives(world)
     local_batch = max(1, cfg.batch_size // world)
     max_steps = max(1, config["rows"] // world // local_batch)
-    pretrain = cfg.pretrain_epochs if net.has_decoder else 0
-    total_epochs = pretrain + cfg.epochs
+    # The epoch plan (tell/schedule.py) is the estimator's; a resumed run replays its history.
+    schedule = EpochSchedule(cfg, config["rows"], net.has_decoder, history=history)
+    pretrained: dict[str, torch.Tensor] | None = None
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, total_epochs):
-        if epoch == pretrain:  # the centers start after pretraining (never on a later resume)
-            _init_centers(net, config["sample"], cfg, rank, world, device)
-        phase = PRETRAIN if epoch < pretrain else phase_for_epoch(epoch - pretrain, net.has_decoder)
+    while (plan := schedule.next_epoch()) is not None:
+        epoch = plan.index
+        if plan.init_centers:
+            if plan.restart and pretrained is not None:  # the collapse guard's restart
+                net.load_state_dict(pretrained)
+            pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
+            _init_centers(
+                net, config["sample"], cfg, cfg.seed + schedule.restarts, rank, world, device
+            )
         started = time.perf_counter()
         batches = shard.iter_torch_batches(
             batch_size=local_batch,
@@ -130,44 +133,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             rank=rank,
             epoch=epoch,
         )
-        repair = cfg.repair and epoch - pretrain < repair_until(cfg.epochs)
         summary = run_epoch(
             model,
             batches,
             optimizer,
-            phase,
+            plan,
             cfg,
-            repair=repair,
             all_reduce_fn=all_reduce,
             all_gather_fn=all_gather,
         )
         elapsed = time.perf_counter() - started
         weights = net.cluster.weight.detach()[None]
         divergence = float((all_gather(weights) - weights).abs().max())
-        metrics = {
-            "epoch": epoch,
-            "phase": summary["phase"],
-            "rec_loss": summary["rec_loss"],
-            "clu_loss": summary["clu_loss"],
-            "inertia_per_row": summary["inertia_per_row"],
-            "dead_centers": summary["dead_centers"],
-            "moved_centers": summary["moved"],
-            "rows": summary["rows"],
-            "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
-            "epoch_s": elapsed,
-            "replica_divergence": divergence,
-            "min_cluster_size": min(summary["cluster_sizes"]),
-            "max_cluster_size": max(summary["cluster_sizes"]),
-        }
-        history.append(metrics)
+        entry = schedule.record(
+            {
+                **summary,
+                "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
+                "epoch_s": elapsed,
+                "replica_divergence": divergence,
+                "min_cluster_size": min(summary["cluster_sizes"]),
+                "max_cluster_size": max(summary["cluster_sizes"]),
+            }
+        )
+        metrics = {k: v for k, v in entry.items() if k != "cluster_sizes"}
         if rank == 0:
-            logger.info("epoch %d/%d %s", epoch + 1, total_epochs, _format(metrics))
+            logger.info("epoch %d/%d %s", epoch + 1, schedule.total_epochs, _format(metrics))
             meta = {
                 **config["metadata"],
                 "epoch": epoch,
-                "metrics": {**metrics, "cluster_sizes": summary["cluster_sizes"]},
-                "history": history,  # every epoch's metrics: older checkpoints are deleted
+                "metrics": entry,
+                "history": schedule.history,  # every epoch: older checkpoints are deleted
                 "resumed_at": resumed_at,
+                "outcome": schedule.outcome(),
             }
             with tempfile.TemporaryDirectory() as directory:
                 checkpoint.save(net, directory, meta, optimizer=optimizer)
@@ -177,12 +174,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _init_centers(
-    net: TELLNet, sample: np.ndarray, cfg: TrainConfig, rank: int, world: int, device
+    net: TELLNet, sample: np.ndarray, cfg: TrainConfig, seed: int, rank: int, world: int, device
 ) -> None:
     """k-means++ (or random) on the encoded sample on rank 0, broadcast to all ranks."""
     centers = torch.empty(cfg.k, net.cluster.weight.shape[1])
     if rank == 0:
-        centers = initial_centers(cfg.init, _encode_sample(net, sample, device), cfg.k, cfg.seed)
+        centers = initial_centers(cfg.init, _encode_sample(net, sample, device), cfg.k, seed)
     centers = centers.to(device)
     if world > 1:
         dist.broadcast(centers, src=0)

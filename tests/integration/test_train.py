@@ -83,3 +83,28 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     a, b = faulty_model.cluster.centers.numpy(), clean_model.cluster.centers.numpy()
     cos = a @ b.T
     assert np.all(cos.max(axis=1) > 0.99), cos.max(axis=1)
+
+
+def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
+    ray_cluster, training_blobs, tmp_path
+):
+    """Issues 10 and 11: the Ray loop runs tell/schedule.py's plan (pretraining, init,
+    alternation, repair window) exactly as the estimator does for the same config, and the
+    published model carries the guard's outcome and the label-free verdict."""
+    from tell import TELL
+
+    data_dir, data = training_blobs
+    cfg = TrainConfig(k=K, encoder="mlp", hidden_dims=(32,), epochs=5, pretrain_epochs=2, seed=0)
+    summary = train.main(_job(data_dir, tmp_path, "mlp-plan"), cfg)
+    _, meta = load_model(summary["model"])
+    est = TELL(K, encoder="mlp", hidden_dims=(32,), max_iter=5, pretrain_epochs=2,
+               random_state=0).fit(data.X)  # fmt: skip
+    plan = ("epoch", "phase", "repair", "cluster_weight")
+    assert [tuple(h[k] for k in plan) for h in meta["history"]] == [
+        tuple(h[k] for k in plan) for h in est.history_
+    ]
+    assert [h["phase"] for h in meta["history"]][:3] == ["pretrain", "pretrain", "centers"]
+    assert meta["outcome"]["stop_reason"] == "completed" and meta["outcome"]["restarts"] == 0
+    verdict = meta["verdict"]
+    assert summary["verdict"] == verdict and isinstance(verdict["helped"], bool)
+    assert -1.0 <= verdict["silhouette_learned"] <= 1.0 and verdict["rows"] == 5000

@@ -9,8 +9,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from tell.encoders import EncoderSpec
-from tell.engine import CENTERS, FEATURES, make_optimizer, train_step
+from tell.engine import train_step
 from tell.model import TELLNet
+from tell.optim import make_optimizer
+from tell.schedule import CENTERS, FEATURES
 
 STEPS = 6
 GLOBAL_BATCH = 64

@@ -99,12 +99,5 @@ def test_the_graph_reader_sees_the_project():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-# Opened by tell/optim.py (OPTIMIZERS leaves tell/engine.py), the lead's part of issue 10:
-# delete this allowance when that lands (the second assertion below says when).
-_BEING_OPENED = [["tell.config", "tell.engine"]]
-
-
 def test_no_import_cycle_among_project_modules():
-    found = cycles(import_graph())
-    assert [c for c in found if c not in _BEING_OPENED] == []
-    assert found == _BEING_OPENED, "the tell/ cycle is gone: delete _BEING_OPENED"
+    assert cycles(import_graph()) == []

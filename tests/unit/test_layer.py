@@ -6,10 +6,11 @@ import torch
 from torch.nn import functional as F
 
 from tell.encoders import EncoderSpec
-from tell.engine import CENTERS, FEATURES, PRETRAIN, phase_for_epoch, train_step
+from tell.engine import train_step
 from tell.layer import ClusterLayer
 from tell.losses import cluster_loss, cluster_loss_constant
 from tell.model import TELLNet
+from tell.schedule import CENTERS, FEATURES, PRETRAIN, phase_for_epoch
 
 
 def unit(*shape, seed=0):

@@ -1,0 +1,281 @@
+"""The epoch plan of a TELL run: the one home of "what happens in epoch e".
+
+Both the in-memory estimator (:class:`tell.TELL`) and the Ray train loop
+(``jobs/train``) drive their epochs with :class:`EpochSchedule`, so they follow the same
+plan for the same config:
+
+1. **pretrain** (models with a decoder): ``pretrain_epochs`` autoencoder-only epochs;
+2. **initialise the centers** on the encoded sample, right before the first clustering epoch;
+3. **alternate** (the reference code's schedule): even clustering epochs train the centers
+   on detached features, odd ones pull the features toward frozen centers; the identity
+   encoder has no features to train, so every epoch trains centers;
+4. **repair window**: dead and redundant centers are moved after every centers epoch but
+   those of the last :data:`SETTLE_EPOCHS` epochs, which let moved centers settle;
+5. **stop** after ``epochs`` clustering epochs, or earlier when the inertia of two
+   consecutive centers epochs changed by at most ``tol`` (relative), or when the
+   collapse guard gives up (:attr:`EpochSchedule.stop_reason`).
+
+The **collapse guard** watches two label-free signals of every clustering epoch of a model
+that learns its features (see :func:`collapse_signals`): the spread of the unit features
+(``1 - ||mean z||^2``: 0 when every row sits in one spot of the sphere) and the effective
+number of clusters (``exp`` of the entropy of the cluster sizes). When either falls to or
+below :data:`COLLAPSE_FRACTION` of its value in the first clustering epoch, the run restarts its
+clustering from the pretrained autoencoder with a ten times smaller cluster weight, at most
+:data:`MAX_RESTARTS` times; after that it stops with ``stop_reason == "collapsed"`` and the
+caller refuses the model (the estimator raises, the job fails with one line).
+
+The schedule is a pure function of the config and the epoch summaries recorded so far, so a
+resumed Ray run rebuilds it from the history stored in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tell.config import TrainConfig
+
+PRETRAIN = "pretrain"  # phase: autoencoder only, centers untouched
+CENTERS = "centers"  # phase: L_clu trains the centers only (features detached)
+FEATURES = "features"  # phase: centers frozen, L_clu pulls features toward them
+
+SETTLE_EPOCHS = 3
+COLLAPSE_FRACTION = 0.25
+MAX_RESTARTS = 2
+RESTART_WEIGHT_FACTOR = 0.1
+
+# Automatic pretraining length: enough optimizer steps for the autoencoder to converge on
+# small sets (digits: 7 steps per epoch), few passes on large ones (MNIST 70k: 274 steps per
+# epoch). See docs/DEFAULTS.md for the measurements behind these numbers.
+PRETRAIN_STEPS = 6000
+PRETRAIN_MIN_EPOCHS = 10
+PRETRAIN_MAX_EPOCHS = 100
+
+
+def phase_for_epoch(epoch: int, has_decoder: bool) -> str:
+    """Phase of clustering epoch ``epoch`` (0-based, pretraining not counted).
+
+    The reference code's alternation: even epochs train centers, odd epochs features. A
+    model without an autoencoder (identity) has no features to train: always centers.
+    """
+    return CENTERS if (not has_decoder or epoch % 2 == 0) else FEATURES
+
+
+def pretrain_epochs_for(cfg: TrainConfig, n_rows: int, has_decoder: bool) -> int:
+    """Autoencoder-only epochs before the centers start.
+
+    ``cfg.pretrain_epochs`` when set; otherwise (None) ``PRETRAIN_STEPS`` optimizer steps
+    of ``cfg.batch_size`` rows over ``n_rows`` rows, clipped to
+    [``PRETRAIN_MIN_EPOCHS``, ``PRETRAIN_MAX_EPOCHS``]. Zero for a model without a decoder.
+    """
+    if not has_decoder:
+        return 0
+    if cfg.pretrain_epochs is not None:
+        return cfg.pretrain_epochs
+    steps_per_epoch = max(1, math.ceil(n_rows / cfg.batch_size))
+    wanted = math.ceil(PRETRAIN_STEPS / steps_per_epoch)
+    return min(max(wanted, PRETRAIN_MIN_EPOCHS), PRETRAIN_MAX_EPOCHS)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch does.
+
+    Attributes
+    ----------
+    index : position in the run, pretraining included (the checkpoint's ``epoch``).
+    phase : PRETRAIN, CENTERS or FEATURES.
+    init_centers : initialise the centers on the encoded sample before this epoch.
+    restart : with ``init_centers``: the collapse guard restarts the clustering; restore
+        the autoencoder saved before the first clustering epoch, then initialise.
+    repair : move dead and redundant centers after this epoch (CENTERS epochs only).
+    cluster_weight : lambda, the weight of L_clu in this epoch.
+    """
+
+    index: int
+    phase: str
+    init_centers: bool
+    restart: bool
+    repair: bool
+    cluster_weight: float
+
+
+def effective_clusters(cluster_sizes: list[int] | list[float]) -> float:
+    """``exp`` of the entropy of the size distribution: k for equal sizes, 1 for one cluster."""
+    total = float(sum(cluster_sizes))
+    if total <= 0:
+        return 0.0
+    entropy = -sum((c / total) * math.log(c / total) for c in cluster_sizes if c > 0)
+    return math.exp(entropy)
+
+
+def collapse_signals(summary: dict[str, Any]) -> dict[str, float]:
+    """The guard's label-free signals of one epoch summary (see the module docstring)."""
+    return {
+        "feature_spread": float(summary["feature_spread"]),
+        "effective_clusters": effective_clusters(summary["cluster_sizes"]),
+    }
+
+
+class EpochSchedule:
+    """The plan of one run, advanced epoch by epoch.
+
+    Call :meth:`next_epoch` for the next :class:`EpochPlan` (None when the run is over),
+    train that epoch, then :meth:`record` its summary (what :func:`tell.engine.run_epoch`
+    returns). ``history`` replays summaries already recorded (a resumed run).
+
+    Parameters
+    ----------
+    cfg : the run's config.
+    n_rows : rows per epoch (sizes the automatic pretraining).
+    has_decoder : whether the model learns its features (mlp, conv).
+    history : summaries recorded by an earlier part of this run, in order.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        n_rows: int,
+        has_decoder: bool,
+        history: list[dict[str, Any]] | tuple = (),
+    ) -> None:
+        self.cfg = cfg
+        self.has_decoder = has_decoder
+        self.pretrain_epochs = pretrain_epochs_for(cfg, n_rows, has_decoder)
+        self.history: list[dict[str, Any]] = []
+        self.stop_reason: str | None = None
+        self.restarts = 0
+        self.guard_events: list[dict[str, Any]] = []
+        self._cluster_weight = cfg.cluster_weight
+        self._clustering_start = self.pretrain_epochs  # index of the current attempt's epoch 0
+        self._reference: dict[str, float] | None = None
+        self._restart_pending = False
+        for summary in history:
+            self.record(summary)
+
+    # ------------------------------------------------------------------ plan
+    def next_epoch(self) -> EpochPlan | None:
+        """The plan of the next epoch, or None when the run is over."""
+        if self.stop_reason is not None:
+            return None
+        index = len(self.history)
+        if index < self.pretrain_epochs:
+            return EpochPlan(index, PRETRAIN, False, False, False, self._cluster_weight)
+        epoch = index - self._clustering_start  # clustering epoch of this attempt
+        if epoch >= self.cfg.epochs:
+            return None
+        phase = phase_for_epoch(epoch, self.has_decoder)
+        repair = self.cfg.repair and phase == CENTERS and epoch < self.cfg.epochs - SETTLE_EPOCHS
+        return EpochPlan(
+            index=index,
+            phase=phase,
+            init_centers=epoch == 0,
+            restart=epoch == 0 and self.restarts > 0,
+            repair=repair,
+            cluster_weight=self._cluster_weight,
+        )
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the run as planned now (restarts add epochs; early stops remove some)."""
+        return self._clustering_start + self.cfg.epochs
+
+    # ---------------------------------------------------------------- record
+    def record(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Append an epoch's summary (annotated with the plan's fields and the guard's
+        signals) to :attr:`history`; decide restarts and stops. Returns the annotated copy."""
+        plan = self.next_epoch()
+        if plan is None:
+            raise RuntimeError("record() called after the schedule ended")
+        entry = {
+            **summary,
+            "epoch": plan.index,
+            "phase": plan.phase,
+            "repair": plan.repair,
+            "cluster_weight": plan.cluster_weight,
+        }
+        if plan.phase != PRETRAIN and "cluster_sizes" in summary:
+            entry.update(collapse_signals(summary))
+        self.history.append(entry)
+        if plan.phase == PRETRAIN:
+            return entry
+        if self.has_decoder and self.cfg.collapse_guard and self._collapsed(plan, entry):
+            return entry
+        if self._converged(plan, entry):
+            self.stop_reason = "converged"
+        return entry
+
+    def _collapsed(self, plan: EpochPlan, entry: dict[str, Any]) -> bool:
+        signals = {k: entry[k] for k in ("feature_spread", "effective_clusters")}
+        if plan.init_centers:
+            self._reference = signals
+            return False
+        assert self._reference is not None
+        low = {k: v for k, v in signals.items() if v <= COLLAPSE_FRACTION * self._reference[k]}
+        if not low:
+            return False
+        event = {
+            "epoch": plan.index,
+            "signals": signals,
+            "reference": dict(self._reference),
+            "cluster_weight": plan.cluster_weight,
+        }
+        self.guard_events.append(event)
+        if self.restarts >= MAX_RESTARTS:
+            self.stop_reason = "collapsed"
+            return True
+        self.restarts += 1
+        self._cluster_weight = plan.cluster_weight * RESTART_WEIGHT_FACTOR
+        self._clustering_start = len(self.history)
+        entry["guard"] = "restart"
+        return True
+
+    def _converged(self, plan: EpochPlan, entry: dict[str, Any]) -> bool:
+        if self.cfg.tol <= 0 or plan.phase != CENTERS or entry.get("moved", 0) > 0:
+            return False
+        previous = [h for h in self.history[self._clustering_start : -1] if h["phase"] == CENTERS]
+        if not previous:
+            return False
+        before, now = previous[-1]["inertia_per_row"], entry["inertia_per_row"]
+        return abs(before - now) <= self.cfg.tol * max(before, 1e-12)
+
+    # --------------------------------------------------------------- outcome
+    def collapse_message(self) -> str:
+        """One line for a run the guard stopped (``stop_reason == "collapsed"``)."""
+        last = self.guard_events[-1]
+        s, r = last["signals"], last["reference"]
+        return (
+            f"The {self.cfg.encoder} encoder's features collapsed {len(self.guard_events)} "
+            f"times (feature spread {s['feature_spread']:.3g} vs {r['feature_spread']:.3g} at "
+            f"the first clustering epoch, effective clusters {s['effective_clusters']:.3g} vs "
+            f"{r['effective_clusters']:.3g}), even with cluster_weight "
+            f"{last['cluster_weight']:.3g}. Try more pretrain_epochs, a smaller "
+            "cluster_weight, or encoder: identity."
+        )
+
+    def outcome(self) -> dict[str, Any]:
+        """What the guard did, for the model metadata: restarts, events, stop reason."""
+        outcome = {
+            "stop_reason": self.stop_reason or "completed",
+            "restarts": self.restarts,
+            "guard_events": self.guard_events,
+            "pretrain_epochs": self.pretrain_epochs,
+        }
+        if self.stop_reason == "collapsed":
+            outcome["message"] = self.collapse_message()
+        return outcome
+
+
+__all__ = [
+    "CENTERS",
+    "FEATURES",
+    "PRETRAIN",
+    "EpochPlan",
+    "EpochSchedule",
+    "collapse_signals",
+    "effective_clusters",
+    "phase_for_epoch",
+    "pretrain_epochs_for",
+]
