@@ -11,6 +11,8 @@ from tell.init import (
     initial_centers,
     kmeans_parallel,
     kmeans_plusplus,
+    lloyd_,
+    restarts_for,
     sample_rows_for,
     two_level_kmeans_parallel,
 )
@@ -97,3 +99,24 @@ def test_seeding_on_all_rows_picks_every_row():
 )
 def test_sample_rows_for(k, n_rows, cap, expected):
     assert sample_rows_for(k, n_rows, cap) == expected
+
+
+def test_restarts_fall_with_k():
+    assert [restarts_for(k) for k in (2, 100, 101, 250, 999, 1000, 65536)] == [
+        10, 10, 9, 4, 1, 1, 1,
+    ]  # fmt: skip
+
+
+def test_lloyd_never_raises_the_inertia_and_keeps_unit_centers(global_random_seed):
+    z = _blobs(2000, 8, 6, seed=global_random_seed)
+    centers = kmeans_parallel(z, 6, global_random_seed).clone()
+    before = _inertia(z, centers)
+    assert lloyd_(z, centers, 10) <= before + 1e-6
+    assert torch.allclose(centers.norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+def test_initial_centers_keep_the_best_restart(global_random_seed):
+    """Restarts + Lloyd reach at most the inertia of the single seeding they start from."""
+    z = _blobs(3000, 8, 10, seed=global_random_seed)
+    single = _inertia(z, kmeans_parallel(z, 10, global_random_seed))
+    assert _inertia(z, initial_centers("k-means++", z, 10, global_random_seed)) <= single
