@@ -194,16 +194,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both parts at every k of ``args.ks``; the result as written to JSON."""
-    result: dict[str, Any] = {
+    machine = machine_info(device="cpu")
+    repair = [bench_repair(args, k) for k in args.ks]
+    seeding = [row for k in args.ks for row in bench_seeding(args, k)]
+    finish(machine)
+    return {
         "benchmark": "seeding_repair",
-        "machine": machine_info(device="cpu"),
+        "machine": machine,
         "args": vars(args),
         "leaf_centers": LEAF_CENTERS,
-        "repair": [bench_repair(args, k) for k in args.ks],
-        "seeding": [row for k in args.ks for row in bench_seeding(args, k)],
+        "tables": _tables(args, machine, seeding, repair),
     }
-    finish(result["machine"])
-    return result
+
+
+def _tables(
+    args: argparse.Namespace, machine: dict[str, Any], seeding: list[dict], repair: list[dict]
+) -> dict[str, list[dict]]:
+    """The two tables under titles that say what they measured (README renders them)."""
+    load = f"load {machine['load_avg_start'][0]}-{machine['load_avg_end'][0]}"
+    where = f"{args.threads} thread(s), {machine['cpu_count']} CPUs, {load}"
+    return {
+        f"Seeding vs k ({args.rows} sample rows, d={args.dim}, {where})": seeding,
+        f"Center repair per epoch vs k (synthetic statistics, max_moves k/10, exchange at "
+        f"world {WORLD}, {where})": repair,
+    }
 
 
 if __name__ == "__main__":
