@@ -7,6 +7,7 @@ same code runs in one process and under DDP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ def train_step(
     cluster_weight: float = DEFAULT_CLUSTER_WEIGHT,
     center_lr: float = 1.0,
     grad_fraction: float = DEFAULT_GRAD_FRACTION,
+    excluded: torch.Tensor | None = None,
 ) -> StepStats:
     """One step of L = L_rec + L_clu on a batch ``x`` of shape (B, D).
 
@@ -76,10 +78,12 @@ def train_step(
     the (summed) gradient, SGD step, re-project (phase "centers") or keep them fixed
     (phase "features") -> the optimizer steps the autoencoder.
     ``model`` may be a DDP wrapper; its single forward() returns all the loss needs.
+    ``excluded`` (k,) bool: centers the rows may not be assigned to in this step (see
+    :func:`capacity_mask`); the step's margins are then to the runner-up among the others.
     """
     net = unwrap(model)
     layer = net.cluster
-    out = model(x, detach_features=(phase == CENTERS))
+    out = model(x, detach_features=(phase == CENTERS), excluded=excluded)
     clu = cluster_loss(out.picked, layer.n_clusters, layer.alpha, cluster_weight)
     rec = reconstruction_loss(out.x_hat, out.x_in) if out.x_hat is not None else clu.new_zeros(())
     if optimizer is not None:
@@ -366,6 +370,20 @@ def repair_centers_(
     return donors.tolist()
 
 
+def capacity_mask(counts: torch.Tensor, size_cap: torch.Tensor) -> torch.Tensor:
+    """The centers that hold ``size_cap`` rows or more, (k,) bool, from ``counts`` (k,)
+    float64, this process's rows per center so far in the epoch. When every center is full
+    (an epoch longer than the one that set the cap), none is excluded."""
+    full = counts >= size_cap  # (k,)
+    return full & (full.sum() < full.shape[0])
+
+
+def epoch_size_cap(max_imbalance: float, local_rows: float, n_clusters: int) -> float:
+    """``max_imbalance`` x the mean cluster size of an epoch of ``local_rows`` rows on
+    this process: the cap of each center in the next balanced epoch."""
+    return max_imbalance * local_rows / n_clusters
+
+
 def run_epoch(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -381,12 +399,25 @@ def run_epoch(
     ``batches`` are (B, D) tensors on the model's device; under DDP every process must pass
     the same number of them. The phase and the cluster weight come from ``plan``; when
     ``plan.repair`` is set, dead and redundant centers move afterwards (see
-    :func:`repair_centers_`). Returns the epoch summary (:meth:`EpochStats.summary`) plus
-    ``phase`` and ``moved`` (centers moved).
+    :func:`repair_centers_`).
+
+    With ``cfg.max_imbalance`` set, the training assignment is balanced: a center that
+    already holds ``max_imbalance`` x the mean cluster size of the previous epoch (rows of
+    this process) takes no more rows this epoch, which go to the nearest center that is not
+    full. The first training epoch measures the cap; from the second one no cluster grows
+    past it by more than one batch. Rows pushed out of a dense region pull the neighbouring
+    centers in, so over epochs the centers themselves spread in proportion to the rows and
+    the plain nearest-center prediction is balanced too (prediction never uses the cap).
+
+    Returns the epoch summary (:meth:`EpochStats.summary`) plus ``phase`` and ``moved``
+    (centers moved).
     """
     net = unwrap(model)
-    weight = net.cluster.weight
-    stats = EpochStats(net.cluster.n_clusters, weight.shape[1], weight.device)
+    layer = net.cluster
+    stats = EpochStats(layer.n_clusters, layer.weight.shape[1], layer.weight.device)
+    balanced = cfg.max_imbalance is not None and plan.phase != PRETRAIN
+    # Checked on the CPU once per epoch (not per step): the cap is a host-side number.
+    capped = balanced and math.isfinite(float(layer.size_cap))
     net.train()
     for x in batches:
         step = train_step(
@@ -397,8 +428,12 @@ def run_epoch(
             cluster_weight=plan.cluster_weight,
             center_lr=cfg.center_lr,
             grad_fraction=cfg.grad_fraction,
+            excluded=capacity_mask(stats.counts, layer.size_cap) if capped else None,
         )
         stats.add(step)
+    if balanced:
+        local_rows = float(stats.counts.sum())
+        layer.size_cap.fill_(epoch_size_cap(cfg.max_imbalance, local_rows, layer.n_clusters))
     stats.reduce(all_reduce_fn, all_gather_fn)
     moved = []
     if plan.repair and plan.phase == CENTERS:
