@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 
+from jobs import progress
 from tell import errors as tell_errors
 from tell.errors import TellError
 
@@ -38,6 +39,7 @@ def ensure_ray() -> None:
             log_to_driver=True,
             runtime_env={"worker_process_setup_hook": quiet_dashboardless_workers},
         )
+    progress.attach_ray()  # forwarded worker lines: to the log file, progress to the console
 
 
 # Ray Train's placement-group cleaner asks the State API, which needs the dashboard, whether

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import runtime, storage
+from jobs import progress, runtime, storage
 from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
 from jobs.commit import reader, writer
 from jobs.config import AssignJob
@@ -119,7 +119,7 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     if job.incremental:
         summary["partitions_skipped"] = p.skipped
     if not p.units:
-        logger.info("nothing to assign: every partition of %s is committed", job.data)
+        progress.line(f"nothing to assign: every partition of {job.data} is committed")
         return {**summary, "partitions_assigned": [], "rows": 0, "assigned": 0, "rejected": 0}
     runtime.ensure_ray()
     committed = [_run_unit(job, p, unit, info, on_event) for unit, info in p.units]
@@ -171,12 +171,21 @@ def _run_unit(
     from jobs.assign.sink import AssignmentSink  # imports Ray Data: only once Ray runs
 
     unit_loc = _unit(p.run, unit)
+    # what a crashed attempt may have left visible to plain readers goes first
+    writer.repair(unit_loc, reader.read_manifest(unit_loc))
     attempt = writer.start_attempt(unit_loc)
-    logger.info(
-        "assigning %d rows of %s (%d files) -> %s (attempt %s)",
-        info.num_rows, info.uri, len(info.files), unit_loc.uri, attempt.attempt_id,
-    )  # fmt: skip
-    sink = AssignmentSink(attempt, job.id_columns, job.min_rows_per_file, on_event)
+    progress.line(
+        f"assigning {info.num_rows:,} rows of {info.uri} ({len(info.files)} files) -> "
+        f"{unit_loc.uri}"
+    )
+    logger.info("attempt %s", attempt.attempt_id)
+    sink = AssignmentSink(
+        attempt,
+        job.id_columns,
+        job.min_rows_per_file,
+        on_event,
+        partition_by_cluster=job.partition_by == "cluster",
+    )
     use_gpu = job.gpus_per_worker > 0
     columns = list(dict.fromkeys([job.column, *job.id_columns]))
     dataset = read_dataset(info, columns).map_batches(
@@ -229,11 +238,11 @@ def _run_unit(
         raise _clear_error(exc, job, unit_loc) from None
     if on_event is not None:
         on_event("committed")
-    logger.info(
-        "committed %s: %d assigned, %d rejected, %d file(s)",
-        unit_loc.uri, manifest["rows"]["assigned"], manifest["rows"]["rejected"],
-        len(manifest["files"]) + len(manifest["rejected_files"]),
-    )  # fmt: skip
+    progress.line(
+        f"committed {unit_loc.uri}: {manifest['rows']['assigned']:,} assigned, "
+        f"{manifest['rows']['rejected']:,} rejected, {len(manifest['files'])} part file(s)"
+        + (" in cluster=J/ directories" if manifest["partition_by"] else "")
+    )
     return manifest
 
 
