@@ -26,8 +26,6 @@ from tell.io import write_parquet_files
 logger = logging.getLogger("tell.demo")
 
 RUN_ID = "demo"
-# The CLI prints no JSON after this job: its table is the last thing on stdout.
-PRINTS_REPORT = True
 
 
 def _dataset(choice: str) -> Dataset:
@@ -61,6 +59,8 @@ def main(job: DemoJob) -> dict[str, Any]:
         workers=job.workers,
         cpus_per_worker=job.cpus_per_worker,
         gpus_per_worker=job.gpus_per_worker,
+        stall_timeout_s=job.stall_timeout_s,
+        shared_filesystem=job.shared_filesystem,
         config=TrainConfig(
             k=data.n_classes, encoder="identity", epochs=job.epochs, batch_size=128, seed=0
         ),
@@ -77,6 +77,8 @@ def main(job: DemoJob) -> dict[str, Any]:
             run_id=RUN_ID,
             workers=1,
             cpus_per_worker=job.cpus_per_worker,
+            stall_timeout_s=job.stall_timeout_s,
+            shared_filesystem=job.shared_filesystem,
         ),
     )
     evaluated = _stage(
@@ -97,6 +99,8 @@ def main(job: DemoJob) -> dict[str, Any]:
     summary_path = root / "summary.json"
     summary = {
         "data": str(data_dir),
+        "rows": data.n_samples,
+        "classes": data.n_classes,
         "model": trained["model"],
         "assignments": assigned["run"],
         "report": explained["report"],
@@ -104,9 +108,15 @@ def main(job: DemoJob) -> dict[str, Any]:
         "metrics": {k: evaluated[k] for k in ("acc", "nmi", "ari", "inertia") if k in evaluated},
     }
     summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """What ``tell demo`` prints last (the CLI prints it instead of JSON): where everything
+    went, then the metrics table."""
     lines = [
         "",
-        f"data        {summary['data']} ({data.n_samples} rows, {data.n_classes} classes)",
+        f"data        {summary['data']} ({summary['rows']} rows, {summary['classes']} classes)",
         f"model       {summary['model']}",
         f"assignments {summary['assignments']}",
         f"report      {summary['report']}",
@@ -115,5 +125,4 @@ def main(job: DemoJob) -> dict[str, Any]:
         "metric  value",
         *(f"{k:<7} {v:.4f}" for k, v in summary["metrics"].items()),
     ]
-    print("\n".join(lines), flush=True)
-    return summary
+    return "\n".join(lines)
