@@ -1,4 +1,4 @@
-"""``python -m bench {quality,train,assign} [args...]``: see :mod:`bench.runner`."""
+"""``python -m bench <name> [args...]``: see :mod:`bench.runner`."""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""Run a benchmark: ``python -m bench {quality,train,assign} [args...]`` (from the repository
-root; bench/ is not part of the installed package).
+"""Run a benchmark: ``python -m bench <name> [args...]`` (from the repository root; bench/
+is not part of the installed package; the names are the keys of ``BENCHMARKS``).
 
 Each benchmark is the module ``bench.<name>`` with ``main(argv) -> dict``; it is imported
 only when asked for, so a benchmark whose module is missing (or fails to import) does not
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "quality": "ACC/NMI/ARI of TELL per seed beside scikit-learn k-means and the paper.",
     "train": "Training throughput (rows/s) of the Ray Train job.",
     "assign": "Assignment throughput (rows/s) of the Ray Data assign job.",
+    "seeding_repair": "Seeding and center-repair time as functions of k (issue #14).",
 }
 EXIT_USAGE = 2
 

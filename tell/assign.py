@@ -61,12 +61,36 @@ def assign(z: torch.Tensor, centers: torch.Tensor, chunk_rows: int | None = None
     Assignment
         On the device of ``z``. Exact ties go to the lower center index (CPU).
     """
+    labels, best, runner_up, second = _scan(z, centers, chunk_rows, runner_up=True)
+    distance = (2.0 - 2.0 * best).clamp_min_(0.0)
+    runner_distance = (2.0 - 2.0 * second).clamp_min_(0.0)
+    return Assignment(labels, distance, runner_up, runner_distance - distance)
+
+
+@torch.no_grad()
+def nearest(
+    z: torch.Tensor, centers: torch.Tensor, chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest center only (one argmax pass instead of two): same chunks as :func:`assign`.
+
+    ``z`` (n, d) and ``centers`` (k, d), k >= 1, as in :func:`assign`. Returns the labels
+    (n,) int64 and the squared distances to them (n,) float32 in [0, 4], on ``z``'s device.
+    """
+    labels, best, _, _ = _scan(z, centers, chunk_rows, runner_up=False)
+    return labels, (2.0 - 2.0 * best).clamp_min_(0.0)
+
+
+def _scan(
+    z: torch.Tensor, centers: torch.Tensor, chunk_rows: int | None, runner_up: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(labels, best score, runner-up, its score) of every row; the last two None unless
+    ``runner_up``. Scores are cosine similarities, float32."""
     n, k = z.shape[0], centers.shape[0]
     chunk = chunk_rows or _chunk_rows(k, z.device)
     labels = torch.empty(n, dtype=torch.int64, device=z.device)
-    runner_up = torch.empty_like(labels)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
-    second = torch.empty_like(best)
+    second_labels = torch.empty_like(labels) if runner_up else None
+    second = torch.empty_like(best) if runner_up else None
     centers_t = centers.t().contiguous()  # (d, k)
     scores = torch.empty(min(chunk, n), k, dtype=torch.float32, device=z.device)
     kernel = _top2_numpy if z.device.type == "cpu" else _top2_torch
@@ -74,26 +98,34 @@ def assign(z: torch.Tensor, centers: torch.Tensor, chunk_rows: int | None = None
         stop = min(start + chunk, n)
         s = scores[: stop - start]
         torch.mm(z[start:stop], centers_t, out=s)  # (chunk, k) cosine similarities
-        kernel(s, labels[start:stop], runner_up[start:stop], best[start:stop], second[start:stop])
-    distance = (2.0 - 2.0 * best).clamp_min_(0.0)
-    runner_distance = (2.0 - 2.0 * second).clamp_min_(0.0)
-    return Assignment(labels, distance, runner_up, runner_distance - distance)
+        kernel(
+            s,
+            labels[start:stop],
+            None if second_labels is None else second_labels[start:stop],
+            best[start:stop],
+            None if second is None else second[start:stop],
+        )
+    return labels, best, second_labels, second
 
 
 def _top2_numpy(
     s: torch.Tensor,
     labels: torch.Tensor,
-    runner_up: torch.Tensor,
+    runner_up: torch.Tensor | None,
     best: torch.Tensor,
-    second: torch.Tensor,
+    second: torch.Tensor | None,
 ) -> None:
     """Best and second-best column of each row of ``s``, written in place (``s`` is left
-    unchanged: the best column is masked for the second pass, then restored)."""
+    unchanged: the best column is masked for the second pass, then restored). With
+    ``runner_up`` and ``second`` None, only the best."""
     a = s.numpy()  # (m, k) float32 view, shares memory
     rows = np.arange(a.shape[0])
-    first, last, top = labels.numpy(), runner_up.numpy(), best.numpy()
+    first, top = labels.numpy(), best.numpy()
     np.argmax(a, axis=1, out=first)
     top[:] = a[rows, first]
+    if runner_up is None or second is None:
+        return
+    last = runner_up.numpy()
     a[rows, first] = -np.inf
     np.argmax(a, axis=1, out=last)
     second.numpy()[:] = a[rows, last]
@@ -103,12 +135,14 @@ def _top2_numpy(
 def _top2_torch(
     s: torch.Tensor,
     labels: torch.Tensor,
-    runner_up: torch.Tensor,
+    runner_up: torch.Tensor | None,
     best: torch.Tensor,
-    second: torch.Tensor,
+    second: torch.Tensor | None,
 ) -> None:
     """Same as :func:`_top2_numpy` with torch reductions (fast on GPUs)."""
     torch.max(s, dim=1, out=(best, labels))
+    if runner_up is None or second is None:
+        return
     s.scatter_(1, labels[:, None], float("-inf"))
     torch.max(s, dim=1, out=(second, runner_up))
     s.scatter_(1, labels[:, None], best[:, None])

@@ -49,6 +49,8 @@ class TrainConfig:
         fraction and no center moved (0: never).
     collapse_guard : restart (then refuse) a run whose learned features collapse (see
         ``tell.schedule``).
+    max_imbalance : bound on max cluster size / mean cluster size during training (>= 1),
+        by a size penalty in the training assignment (``tell.balance``); None: off.
     seed : random seed of everything (init, shuffling, weights).
     """
 
@@ -72,6 +74,7 @@ class TrainConfig:
     n_init: int = 1
     tol: float = 0.0
     collapse_guard: bool = True
+    max_imbalance: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +89,8 @@ class TrainConfig:
         for name in ("lr", "alpha", "cluster_weight", "grad_fraction", "center_lr"):
             check_range(name, getattr(self, name), low=0.0, low_open=True)
         check_range("tol", self.tol, low=0.0, high=1.0)
+        if self.max_imbalance is not None:
+            check_range("max_imbalance", self.max_imbalance, low=1.0)
         if self.encoder == "conv" and (self.image_shape is None or len(self.image_shape) != 3):
             raise TellConfigError(
                 f"'image_shape' must be [H, W, C] when encoder is 'conv'. Got {self.image_shape!r}."

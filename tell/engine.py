@@ -7,12 +7,14 @@ same code runs in one process and under DDP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tell.layer import DEFAULT_GRAD_FRACTION
 from tell.losses import DEFAULT_CLUSTER_WEIGHT, cluster_loss, reconstruction_loss
@@ -68,6 +70,7 @@ def train_step(
     cluster_weight: float = DEFAULT_CLUSTER_WEIGHT,
     center_lr: float = 1.0,
     grad_fraction: float = DEFAULT_GRAD_FRACTION,
+    excluded: torch.Tensor | None = None,
 ) -> StepStats:
     """One step of L = L_rec + L_clu on a batch ``x`` of shape (B, D).
 
@@ -75,10 +78,12 @@ def train_step(
     the (summed) gradient, SGD step, re-project (phase "centers") or keep them fixed
     (phase "features") -> the optimizer steps the autoencoder.
     ``model`` may be a DDP wrapper; its single forward() returns all the loss needs.
+    ``excluded`` (k,) bool: centers the rows may not be assigned to in this step (see
+    :func:`capacity_mask`); the step's margins are then to the runner-up among the others.
     """
     net = unwrap(model)
     layer = net.cluster
-    out = model(x, detach_features=(phase == CENTERS))
+    out = model(x, detach_features=(phase == CENTERS), excluded=excluded)
     clu = cluster_loss(out.picked, layer.n_clusters, layer.alpha, cluster_weight)
     rec = reconstruction_loss(out.x_hat, out.x_in) if out.x_hat is not None else clu.new_zeros(())
     if optimizer is not None:
@@ -101,11 +106,15 @@ def train_step(
 class EpochStats:
     """Per-center sums of step statistics over an epoch, reducible across processes.
 
-    ``counts``, ``sq_dist_sums`` and ``margin_sums`` are (k,): rows, summed squared
+    ``counts``, ``sq_dist_sums`` and ``margin_sums`` are (k,) float64: rows, summed squared
     distance and summed margin of the rows assigned to each center. ``farthest_z`` (k, d)
-    holds, for each center, its assigned row farthest from it (``farthest_sq_dist``, -1 when
-    none): the candidates for moving centers. ``z_sum`` (d,) is the sum of the unit
-    features, for their spread ``1 - ||mean z||^2`` (the collapse guard's signal).
+    holds, for each center, this process's assigned row farthest from it
+    (``farthest_sq_dist`` (k,), -1 when none): the candidates for moving centers. After
+    :meth:`reduce` the sums cover all processes and ``movable`` (k,) bool tells which
+    centers have a row at a positive distance on some process; the farthest rows stay
+    local until :meth:`farthest_rows` exchanges the few that repair needs.
+    ``z_sum`` (d,) is the sum of the unit features, for their spread ``1 - ||mean z||^2``
+    (the collapse guard's signal).
     """
 
     def __init__(self, n_clusters: int, n_features: int, device: torch.device | str = "cpu"):
@@ -116,6 +125,7 @@ class EpochStats:
         self.margin_sums = torch.zeros_like(self.counts)
         self.farthest_sq_dist = torch.full((n_clusters,), -1.0, device=device)
         self.farthest_z = torch.zeros(n_clusters, n_features, device=device)
+        self.movable = torch.zeros(n_clusters, dtype=torch.bool, device=device)  # set by reduce
 
     def add(self, step: StepStats) -> None:
         n_rows = step.labels.shape[0]
@@ -140,14 +150,53 @@ class EpochStats:
         self.farthest_z[centers] = z[rows].to(self.farthest_z)
 
     def reduce(self, all_reduce_fn: AllReduceFn, all_gather_fn: AllGatherFn) -> None:
-        """SUM the statistics over processes; keep the farthest row per center over all."""
-        for tensor in (self._losses, self.z_sum, self.counts, self.sq_dist_sums, self.margin_sums):
-            all_reduce_fn(tensor)
-        packed = torch.cat([self.farthest_sq_dist[:, None], self.farthest_z], dim=1)
-        gathered = all_gather_fn(packed[None])  # (world, k, 1 + d)
-        best = gathered[:, :, 0].argmax(dim=0)  # (k,)
-        winner = gathered[best, torch.arange(best.shape[0], device=best.device)]
-        self.farthest_sq_dist, self.farthest_z = winner[:, 0], winner[:, 1:]
+        """SUM the statistics over processes in one all_reduce of 3 + d + 4k float64 values.
+
+        ``all_gather_fn`` is not used here (the interface of :func:`run_epoch`): the
+        farthest rows are exchanged by :meth:`farthest_rows`, for the moved centers only.
+        """
+        k = self.counts.shape[0]
+        packed = torch.cat(
+            [
+                self._losses,
+                self.z_sum,
+                self.counts,
+                self.sq_dist_sums,
+                self.margin_sums,
+                (self.farthest_sq_dist > 0).double(),
+            ]
+        )
+        all_reduce_fn(packed)
+        d = self.z_sum.shape[0]
+        self._losses, self.z_sum = packed[:3], packed[3 : 3 + d]
+        self.counts, self.sq_dist_sums, self.margin_sums, movable = packed[3 + d :].view(4, k)
+        self.movable = movable > 0
+
+    def farthest_rows(
+        self, centers: torch.Tensor, all_reduce_fn: AllReduceFn, all_gather_fn: AllGatherFn
+    ) -> torch.Tensor:
+        """The row farthest from each of ``centers`` over all processes (after :meth:`reduce`).
+
+        Exchanges (world, m) distances and one (m, d + 1) sum, m = ``len(centers)``: bounded
+        by the number of moves, not by k. Every process must pass the same ``centers``.
+
+        Parameters
+        ----------
+        centers : Tensor of shape (m,), int64, centers that are ``movable``.
+        all_reduce_fn, all_gather_fn : the collectives of :func:`run_epoch`.
+
+        Returns
+        -------
+        Tensor of shape (m, d), float32: rows of the data, unit norm. Where processes tie
+        for the farthest distance, the mean of their rows (renormalised).
+        """
+        local = self.farthest_sq_dist[centers]  # (m,)
+        best = all_gather_fn(local[None].contiguous()).amax(dim=0)  # (m,)
+        mine = (local == best) & (best > 0)  # this process holds the farthest row
+        packed = torch.cat([self.farthest_z[centers], torch.ones_like(local)[:, None]], dim=1)
+        packed = packed * mine[:, None]  # (m, d + 1): the row and a count of 1, or zeros
+        all_reduce_fn(packed)
+        return F.normalize(packed[:, :-1] / packed[:, -1:].clamp_min(1.0), dim=1)
 
     @property
     def n_rows(self) -> int:
@@ -164,13 +213,131 @@ class EpochStats:
             "rows": int(self.counts.sum().item()),  # 0 for an epoch that saw no row
             "steps": int(n_steps),
             "dead_centers": int((self.counts == 0).sum().item()),
+            "size_imbalance": float(self.counts.max()) * self.counts.shape[0] / n_rows,
             "feature_spread": 1.0 - float(mean_z.square().sum()),
             "cluster_sizes": [int(c) for c in self.counts.tolist()],
         }
 
 
+def plan_moves(
+    counts: torch.Tensor,
+    sq_dist_sums: torch.Tensor,
+    margin_sums: torch.Tensor,
+    movable: torch.Tensor,
+    max_moves: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which centers move where: the rule of :func:`repair_centers_`, without a loop over k.
+
+    Targets are the centers of positive excess inertia that have a row to move to, in
+    decreasing excess; donors are all centers in increasing removal cost (dead ones cost
+    0). Repeatedly the first target not used yet takes the first donor not used yet (and
+    not itself); it moves when the donor is dead or costs less than half the target's
+    excess, else nothing more moves but for one case: the refused target itself may still
+    be the donor of the next target. Ties in excess or cost go to the lower center index.
+
+    The greedy pairing runs in vectorised rounds: a round pairs the i-th remaining target
+    with the i-th remaining donor for every i up to the first pair that a center shares
+    with an earlier pair or that is refused; that pair is then decided exactly. Rounds are
+    one more than the centers that are both an early target and an early donor (a
+    cluster with large excess whose rows sit close to their runner-up): few.
+
+    Parameters
+    ----------
+    counts, sq_dist_sums, margin_sums : Tensors of shape (k,), float64, reduced over
+        processes (see :class:`EpochStats`).
+    movable : Tensor of shape (k,), bool: the center has a row at a positive distance.
+    max_moves : int, the most moves.
+
+    Returns
+    -------
+    (donors, targets) : Tensors of shape (m,), int64, m <= max_moves: donor ``donors[i]``
+        moves to the farthest row of cluster ``targets[i]``; each center appears once.
+    """
+    device = counts.device
+    none = torch.empty(0, dtype=torch.int64, device=device)
+    alive = counts > 0
+    if not bool(alive.any()):
+        return none, none
+    typical = (sq_dist_sums[alive] / counts[alive]).median()
+    excess = torch.where(movable, sq_dist_sums - counts * typical, -1.0)  # (k,)
+    cost = torch.where(alive, margin_sums, 0.0)  # (k,) inertia added by removing a center
+    half = 0.5 * excess
+    by_excess = torch.argsort(excess, descending=True, stable=True)
+    targets = by_excess[excess[by_excess] > 0]
+    donors = torch.argsort(cost, stable=True)
+    used = torch.zeros(counts.shape[0], dtype=torch.bool, device=device)
+    chosen_donors: list[torch.Tensor] = []
+    chosen_targets: list[torch.Tensor] = []
+    n_moves = 0
+
+    def take(d: torch.Tensor, t: torch.Tensor) -> None:
+        nonlocal n_moves
+        chosen_donors.append(d)
+        chosen_targets.append(t)
+        used[d] = True
+        used[t] = True
+        n_moves += d.numel()
+
+    while n_moves < max_moves:
+        free_targets, free_donors = targets[~used[targets]], donors[~used[donors]]
+        if free_targets.numel() == 0:
+            break
+        n_pairs = min(free_targets.numel(), free_donors.numel(), max_moves - n_moves)
+        t, d = free_targets[:n_pairs], free_donors[:n_pairs]
+        stop = _first_unsafe_pair(t, d, cost, half)
+        if stop > 0:
+            take(d[:stop], t[:stop])
+        if stop == n_pairs:
+            continue
+        # Pair `stop` shares a center with an earlier pair or is refused: decide it exactly.
+        free_targets, free_donors = targets[~used[targets]], donors[~used[donors]]
+        if free_targets.numel() == 0:
+            break
+        target = free_targets[0]
+        # A donor other than the target is left: at most half the live centers lie above
+        # the median (the targets), and each move uses one target.
+        donor = free_donors[:2][free_donors[:2] != target][0]
+        if bool(cost[donor] < half[target]):
+            take(donor[None], target[None])
+            continue
+        # Refused: every donor left costs at least as much except the target itself,
+        # which the next target (with a smaller excess) may still take.
+        if n_moves < max_moves and free_targets.numel() > 1:
+            after = free_targets[1]
+            if bool(cost[target] < half[after]):
+                take(target[None], after[None])
+        break
+    if not chosen_donors:
+        return none, none
+    return torch.cat(chosen_donors), torch.cat(chosen_targets)
+
+
+def _first_unsafe_pair(
+    targets: torch.Tensor, donors: torch.Tensor, cost: torch.Tensor, half: torch.Tensor
+) -> int:
+    """Index of the first pair i (targets[i], donors[i]) (both (m,) int64) that shares a
+    center with a pair j <= i, or whose donor costs at least half its target's excess;
+    m when none. Pairs before it are exactly what the one-at-a-time greedy would choose."""
+    m = targets.numel()
+    order = torch.arange(m, device=targets.device)
+    as_donor = torch.full_like(cost, m, dtype=torch.int64)  # (k,) position among donors
+    as_donor[donors] = order
+    as_target = torch.full_like(as_donor, m)
+    as_target[targets] = order
+    unsafe = (as_donor[targets] <= order) | (as_target[donors] <= order)
+    unsafe |= cost[donors] >= half[targets]
+    return int(torch.argmax(unsafe.int())) if bool(unsafe.any()) else m
+
+
 @torch.no_grad()
-def repair_centers_(model: TELLNet, stats: EpochStats, max_moves: int | None = None) -> list[int]:
+def repair_centers_(
+    model: TELLNet,
+    stats: EpochStats,
+    max_moves: int | None = None,
+    *,
+    all_reduce_fn: AllReduceFn = noop_all_reduce,
+    all_gather_fn: AllGatherFn = local_all_gather,
+) -> list[int]:
     """Move dead and redundant centers into the worst-fitted clusters (after a reduce).
 
     * A dead center (no row this epoch) moves to the farthest row of the cluster with the
@@ -183,42 +350,38 @@ def repair_centers_(model: TELLNet, stats: EpochStats, max_moves: int | None = N
       minima a fixed-step k-means cannot leave (two clusters under one center, one cluster
       split in two).
 
-    The statistics are identical on every process after :meth:`EpochStats.reduce`, so
-    every process makes the same moves. Returns the moved centers.
+    At most ``max_moves`` (default k // 10, at least 1) centers move; each center is a
+    donor or a target once (see :func:`plan_moves`). The statistics are identical on every
+    process after :meth:`EpochStats.reduce`, so every process plans the same moves; the
+    targets' farthest rows are then exchanged with the collectives (see
+    :meth:`EpochStats.farthest_rows`). Returns the moved centers.
     """
     k = stats.counts.shape[0]
     max_moves = max(1, k // 10) if max_moves is None else max_moves
-    alive = stats.counts > 0
-    if not bool(alive.any()):
+    donors, targets = plan_moves(
+        stats.counts, stats.sq_dist_sums, stats.margin_sums, stats.movable, max_moves
+    )
+    if donors.numel() == 0:
         return []
-    mean_sq = stats.sq_dist_sums[alive] / stats.counts[alive]
-    typical = mean_sq.median()
-    excess = stats.sq_dist_sums - stats.counts * typical  # (k,)
-    excess[stats.farthest_sq_dist <= 0] = -1.0  # no row to move to
-    cost = torch.where(alive, stats.margin_sums, torch.zeros_like(stats.margin_sums))
-    targets = torch.argsort(excess, descending=True).tolist()
-    donors = torch.argsort(cost).tolist()
-    used: set[int] = set()
-    moves: list[tuple[int, int]] = []
-    for target in targets:
-        if len(moves) >= max_moves or excess[target] <= 0:
-            break
-        if target in used:
-            continue
-        for donor in donors:
-            if donor in used or donor == target:
-                continue
-            if alive[donor] and cost[donor] >= 0.5 * excess[target]:
-                break
-            moves.append((donor, target))
-            used.update((donor, target))
-            break
-    if moves:
-        weight = model.cluster.weight.detach().clone()
-        for donor, target in moves:
-            weight[donor] = stats.farthest_z[target].to(weight)
-        model.cluster.set_centers_(weight)
-    return [donor for donor, _ in moves]
+    rows = stats.farthest_rows(targets, all_reduce_fn, all_gather_fn)  # (m, d)
+    weight = model.cluster.weight.detach().clone()
+    weight[donors] = rows.to(weight)
+    model.cluster.set_centers_(weight)
+    return donors.tolist()
+
+
+def capacity_mask(counts: torch.Tensor, size_cap: torch.Tensor) -> torch.Tensor:
+    """The centers that hold ``size_cap`` rows or more, (k,) bool, from ``counts`` (k,)
+    float64, this process's rows per center so far in the epoch. When every center is full
+    (an epoch longer than the one that set the cap), none is excluded."""
+    full = counts >= size_cap  # (k,)
+    return full & (full.sum() < full.shape[0])
+
+
+def epoch_size_cap(max_imbalance: float, local_rows: float, n_clusters: int) -> float:
+    """``max_imbalance`` x the mean cluster size of an epoch of ``local_rows`` rows on
+    this process: the cap of each center in the next balanced epoch."""
+    return max_imbalance * local_rows / n_clusters
 
 
 def run_epoch(
@@ -236,12 +399,25 @@ def run_epoch(
     ``batches`` are (B, D) tensors on the model's device; under DDP every process must pass
     the same number of them. The phase and the cluster weight come from ``plan``; when
     ``plan.repair`` is set, dead and redundant centers move afterwards (see
-    :func:`repair_centers_`). Returns the epoch summary (:meth:`EpochStats.summary`) plus
-    ``phase`` and ``moved`` (centers moved).
+    :func:`repair_centers_`).
+
+    With ``cfg.max_imbalance`` set, the training assignment is balanced: a center that
+    already holds ``max_imbalance`` x the mean cluster size of the previous epoch (rows of
+    this process) takes no more rows this epoch, which go to the nearest center that is not
+    full. The first training epoch measures the cap; from the second one no cluster grows
+    past it by more than one batch. Rows pushed out of a dense region pull the neighbouring
+    centers in, so over epochs the centers themselves spread in proportion to the rows and
+    the plain nearest-center prediction is balanced too (prediction never uses the cap).
+
+    Returns the epoch summary (:meth:`EpochStats.summary`) plus ``phase`` and ``moved``
+    (centers moved).
     """
     net = unwrap(model)
-    weight = net.cluster.weight
-    stats = EpochStats(net.cluster.n_clusters, weight.shape[1], weight.device)
+    layer = net.cluster
+    stats = EpochStats(layer.n_clusters, layer.weight.shape[1], layer.weight.device)
+    balanced = cfg.max_imbalance is not None and plan.phase != PRETRAIN
+    # Checked on the CPU once per epoch (not per step): the cap is a host-side number.
+    capped = balanced and math.isfinite(float(layer.size_cap))
     net.train()
     for x in batches:
         step = train_step(
@@ -252,8 +428,16 @@ def run_epoch(
             cluster_weight=plan.cluster_weight,
             center_lr=cfg.center_lr,
             grad_fraction=cfg.grad_fraction,
+            excluded=capacity_mask(stats.counts, layer.size_cap) if capped else None,
         )
         stats.add(step)
+    if balanced:
+        local_rows = float(stats.counts.sum())
+        layer.size_cap.fill_(epoch_size_cap(cfg.max_imbalance, local_rows, layer.n_clusters))
     stats.reduce(all_reduce_fn, all_gather_fn)
-    moved = repair_centers_(net, stats) if (plan.repair and plan.phase == CENTERS) else []
+    moved = []
+    if plan.repair and plan.phase == CENTERS:
+        moved = repair_centers_(
+            net, stats, all_reduce_fn=all_reduce_fn, all_gather_fn=all_gather_fn
+        )
     return {**stats.summary(), "phase": plan.phase, "moved": len(moved)}

@@ -38,6 +38,10 @@ class ClusterLayer(nn.Module):
     ----------
     weight : nn.Parameter
         Tensor of shape (k, d), float32, each row at L2 norm ``2 * alpha``.
+    size_cap : buffer
+        Scalar tensor, float64: the most rows (of this process, per epoch) the balanced
+        training assignment gives one center (see :func:`tell.engine.run_epoch`); inf
+        until a balanced epoch measured it. Not persistent: checkpoints do not carry it.
 
     Examples
     --------
@@ -50,6 +54,8 @@ class ClusterLayer(nn.Module):
         super().__init__()
         self.alpha = float(alpha)
         self.weight = nn.Parameter(torch.randn(n_clusters, n_features))
+        inf = torch.tensor(float("inf"), dtype=torch.float64)
+        self.register_buffer("size_cap", inf, persistent=False)
         self.project_()
 
     @property

@@ -22,7 +22,8 @@ class TELLOutput(NamedTuple):
     """What one forward pass returns.
 
     z : Tensor (B, d_z), float32, unit L2 norm per row (the feature space of the centers).
-    scores : Tensor (B, k), ``W z`` without gradient; argmax = nearest center.
+    scores : Tensor (B, k), ``W z`` without gradient; argmax = nearest center (of those not
+        ``excluded``: theirs read ``-2 alpha``).
     labels : Tensor (B,), int64, hard assignment (argmax of scores).
     top2_scores : Tensor (B, 2), scores of the nearest and the second-nearest center.
     picked : Tensor (B,), ``W_c(i) . z_i``, the score of each row's own center, WITH gradient
@@ -109,17 +110,27 @@ class TELLNet(nn.Module):
         """Unit features (B, d_z) of inputs (B, D). Not for training under DDP."""
         return F.normalize(self.encoder(self.scale_input(x)), dim=1)
 
-    def forward(self, x: torch.Tensor, detach_features: bool = False) -> TELLOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        detach_features: bool = False,
+        excluded: torch.Tensor | None = None,
+    ) -> TELLOutput:
         """Run the whole model on a batch (B, D).
 
         ``detach_features=True`` (the even epochs of the reference schedule) computes the
         scores on ``z.detach()`` so the clustering loss trains only the centers.
+        ``excluded`` (k,) bool (the balanced training assignment) takes centers out of the
+        assignment: their ``scores`` read ``-2 alpha`` (distance 4, the farthest), so
+        ``labels`` and ``top2_scores`` are the nearest centers among the others.
         """
         x_in = self.scale_input(x)
         z = F.normalize(self.encoder(x_in), dim=1)
         z_clu = z.detach() if detach_features else z
         with torch.no_grad():
             scores = self.cluster(z_clu)  # (B, k)
+            if excluded is not None:  # score -2 alpha: distance 4, the farthest there is
+                scores = scores.masked_fill(excluded, -2.0 * self.cluster.alpha)
             labels, _, best, second = top2(scores)
         # Only the assigned center's score enters L_clu (the hard one-hot of the reference
         # code), so its gradient is a sparse row update instead of a second (B, k) GEMM.

@@ -1,11 +1,18 @@
 """A label-free verdict: did the learned encoder give better clusters than k-means would?
 
-Users have no labels. What they can compare is how well each partition separates the rows
-*in the input space* (where both partitions are judged by the same ruler): the cosine
-silhouette of the learned model's clusters against that of the identity encoder (spherical
-k-means, TELL's identity model) fitted on the same bounded sample. The learned encoder
-"helped" when its silhouette is higher. docs/DEFAULTS.md shows how this verdict agrees with
-the labelled one on the benchmark sets.
+Users have no labels. What they can compare is how well each partition follows the rows'
+own neighbourhoods *in the input space*, where both partitions are judged by the same ruler:
+the neighbour agreement (the fraction of each row's 10 nearest neighbours, by cosine, that
+share its cluster) of the learned model's clusters against that of the identity encoder
+(spherical k-means, TELL's identity model) fitted on the same bounded sample. The learned
+encoder "helped" when its agreement is higher.
+
+Why not the silhouette: it rewards compact, spherical clusters in the input space, which is
+what k-means optimises, so it prefers k-means even where the learned clusters are far
+better (digits: mlp ACC 0.895 has silhouette 0.285, k-means ACC 0.797 has 0.305). The
+neighbour agreement measures whether a partition cuts through the data's local structure
+(digits' true classes: 0.963; k-means: 0.91). Both are reported. docs/DEFAULTS.md shows how
+the verdict agrees with the labelled one on the benchmark sets.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from torch.nn import functional as F
 
 VERDICT_SAMPLE_ROWS = 5000
 _CHUNK_ROWS = 1024
+N_NEIGHBORS = 10
 
 
 def verdict_rows(n_clusters: int) -> int:
@@ -59,6 +67,33 @@ def cosine_silhouette(x: torch.Tensor, labels: torch.Tensor, n_clusters: int) ->
     return total / x.shape[0]
 
 
+@torch.no_grad()
+def neighbour_agreement(
+    x: torch.Tensor, labels: torch.Tensor, n_neighbors: int = N_NEIGHBORS
+) -> float:
+    """Fraction of each row's ``n_neighbors`` nearest rows (cosine) in its own cluster.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, D), float; rows are L2-normalised here. n > n_neighbors.
+    labels : Tensor of shape (n,), int64.
+
+    Returns
+    -------
+    float in [0, 1], averaged over rows. Cost: O(n^2 D) in chunks of 1,024 rows.
+    """
+    x = F.normalize(x.float(), dim=1)
+    labels = labels.to(x.device)
+    same = 0.0
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        sims = x[start : start + _CHUNK_ROWS] @ x.T  # (c, n)
+        own = torch.arange(start, start + sims.shape[0], device=x.device)
+        sims[torch.arange(sims.shape[0], device=x.device), own] = -float("inf")
+        neighbours = sims.topk(n_neighbors, dim=1).indices  # (c, m)
+        same += float((labels[neighbours] == labels[own, None]).float().sum())
+    return same / (x.shape[0] * n_neighbors)
+
+
 def encoder_verdict(
     x_sample: torch.Tensor,
     learned_labels: torch.Tensor,
@@ -75,20 +110,29 @@ def encoder_verdict(
 
     Returns
     -------
-    dict with ``silhouette_learned``, ``silhouette_identity``, ``helped`` (learned >
-    identity), ``rows`` and ``how`` (a one-line description).
+    dict with ``agreement_learned``, ``agreement_identity`` (neighbour agreement),
+    ``silhouette_learned``, ``silhouette_identity`` (reported, not judged on), ``helped``
+    (learned agreement > identity's), ``rows`` and ``how`` (a one-line description).
     """
     flat = x_sample.reshape(x_sample.shape[0], -1)
-    learned = cosine_silhouette(flat, learned_labels, n_clusters)
-    identity = cosine_silhouette(flat, identity_labels, n_clusters)
+    learned = neighbour_agreement(flat, learned_labels)
+    identity = neighbour_agreement(flat, identity_labels)
     return {
-        "silhouette_learned": learned,
-        "silhouette_identity": identity,
+        "agreement_learned": learned,
+        "agreement_identity": identity,
+        "silhouette_learned": cosine_silhouette(flat, learned_labels, n_clusters),
+        "silhouette_identity": cosine_silhouette(flat, identity_labels, n_clusters),
         "helped": bool(learned > identity),
         "rows": int(flat.shape[0]),
-        "how": "cosine silhouette in the input space, learned encoder vs identity encoder "
-        "(spherical k-means) fitted on the same sample",
+        "how": f"share of each row's {N_NEIGHBORS} nearest neighbours (cosine, input space) in "
+        "its cluster: learned encoder vs identity encoder (spherical k-means) on the same sample",
     }
 
 
-__all__ = ["VERDICT_SAMPLE_ROWS", "cosine_silhouette", "encoder_verdict", "verdict_rows"]
+__all__ = [
+    "VERDICT_SAMPLE_ROWS",
+    "cosine_silhouette",
+    "encoder_verdict",
+    "neighbour_agreement",
+    "verdict_rows",
+]

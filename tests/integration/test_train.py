@@ -95,7 +95,7 @@ def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
 
     data_dir, data = training_blobs
     cfg = TrainConfig(k=K, encoder="mlp", hidden_dims=(32,), epochs=5, pretrain_epochs=2, seed=0)
-    summary = train.main(_job(data_dir, tmp_path, "mlp-plan"), cfg)
+    summary = train.main(_job(data_dir, tmp_path, "mlp-plan", cfg))
     _, meta = load_model(summary["model"])
     est = TELL(K, encoder="mlp", hidden_dims=(32,), max_iter=5, pretrain_epochs=2,
                random_state=0).fit(data.X)  # fmt: skip
@@ -107,4 +107,4 @@ def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
     assert meta["outcome"]["stop_reason"] == "completed" and meta["outcome"]["restarts"] == 0
     verdict = meta["verdict"]
     assert summary["verdict"] == verdict and isinstance(verdict["helped"], bool)
-    assert -1.0 <= verdict["silhouette_learned"] <= 1.0 and verdict["rows"] == 5000
+    assert 0.0 <= verdict["agreement_learned"] <= 1.0 and verdict["rows"] == 5000

@@ -4,9 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs import storage, train
+from jobs import storage
 from jobs.config import TrainJob
 from jobs.model import load_model
+from jobs.train import driver as train
 from tell.config import TrainConfig
 from tell.metrics import cluster_accuracy
 

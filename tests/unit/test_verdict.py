@@ -1,0 +1,47 @@
+"""The label-free verdict (issue 11): its two measures against brute-force references."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import silhouette_score
+
+from tell.verdict import cosine_silhouette, encoder_verdict, neighbour_agreement
+
+
+@pytest.fixture
+def rows(global_random_seed):
+    rng = np.random.default_rng(global_random_seed)
+    centers = rng.normal(size=(3, 6))
+    labels = rng.integers(0, 3, 300)
+    x = centers[labels] + 0.6 * rng.normal(size=(300, 6))
+    return x, labels
+
+
+def test_silhouette_equals_scikit_learns_cosine_silhouette(rows):
+    x, labels = rows
+    labels = labels.copy()
+    labels[0] = 4  # a singleton cluster counts 0; cluster 3 is empty
+    expected = silhouette_score(x, labels, metric="cosine")
+    got = cosine_silhouette(torch.tensor(x), torch.tensor(labels), 5)
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_neighbour_agreement_equals_a_brute_force_count(rows):
+    x, labels = rows
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = xn @ xn.T
+    np.fill_diagonal(sims, -np.inf)
+    neighbours = np.argsort(-sims, axis=1)[:, :10]
+    expected = (labels[neighbours] == labels[:, None]).mean()
+    got = neighbour_agreement(torch.tensor(x), torch.tensor(labels))
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_verdict_prefers_the_partition_that_follows_the_data(rows):
+    x, labels = rows
+    shuffled = np.random.default_rng(1).permutation(labels)
+    verdict = encoder_verdict(torch.tensor(x), torch.tensor(labels), torch.tensor(shuffled), 3)
+    assert verdict["helped"] and verdict["agreement_learned"] > verdict["agreement_identity"]
+    assert verdict["rows"] == 300 and "nearest neighbours" in verdict["how"]
+    worse = encoder_verdict(torch.tensor(x), torch.tensor(shuffled), torch.tensor(labels), 3)
+    assert not worse["helped"]
