@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -50,17 +51,17 @@ class Heartbeat:
 
 
 class Beater:
-    """Sends beats to a heartbeat actor, at most one per :data:`BEAT_EVERY_S`
-    (fire-and-forget: a beat never waits, and a lost one is harmless). ``handle`` None:
-    beats go nowhere (the watchdog is off)."""
+    """Sends beats to a heartbeat actor, at most one per ``every_s`` seconds (default
+    :data:`BEAT_EVERY_S`; fire-and-forget: a beat never waits, and a lost one is harmless).
+    ``handle`` None: beats go nowhere (the watchdog is off)."""
 
-    def __init__(self, handle: Any | None) -> None:
-        self.handle = handle
-        self._sent = 0.0
+    def __init__(self, handle: Any | None, every_s: float = BEAT_EVERY_S) -> None:
+        self.handle, self.every_s = handle, every_s
+        self._sent = -math.inf
 
     def __call__(self, what: str) -> None:
         now = time.monotonic()
-        if self.handle is None or now - self._sent < BEAT_EVERY_S:
+        if self.handle is None or now - self._sent < self.every_s:
             return
         self._sent = now
         with contextlib.suppress(Exception):  # the actor is gone: the driver is ending
@@ -142,7 +143,7 @@ def watch(stall_timeout_s: float, command: str) -> Iterator[Beater]:
     thread = threading.Thread(target=check, name="tell-watchdog", daemon=True)
     thread.start()
     try:
-        yield Beater(handle)
+        yield Beater(handle, every_s=0)  # the driver's beats are few: each one counts
     except BaseException:  # the interrupt, or what a library made of it
         if stalled:
             raise ClusterError(stalled[0]) from None
@@ -166,8 +167,11 @@ def waiting_for() -> str:
         return f"the cluster's pending demand is unknown ({type(exc).__name__})"
     demands = status.resource_demands
     pending = [
-        f"{request.count} x {request.bundle}"
-        for group in (demands.ray_task_actor_demand, demands.placement_group_demand)
+        f"{request.count} x {request.bundle} ({kind})"
+        for kind, group in (
+            ("tasks or actors", demands.ray_task_actor_demand),
+            ("placement group", demands.placement_group_demand),
+        )
         for demand in group
         for request in demand.bundles_by_count
     ]

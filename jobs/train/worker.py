@@ -173,7 +173,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             {
                 **summary,
                 "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
-                "rows_skipped": max(0, config["rows"] - summary["rows"]),
+                "rows_skipped": max(0, config["rows_per_worker"] * world - summary["rows"]),
                 "epoch_s": elapsed,
                 "replica_divergence": divergence,
                 "min_cluster_size": min(summary["cluster_sizes"]),
