@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
 import types
@@ -121,7 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reserve_stdout() -> typing.TextIO:
+    """Keep the process' stdout for the job's summary alone; everything else written to it
+    (Ray's forwarded worker and raylet lines, a library's print) goes to stderr, i.e. to the
+    log file when :func:`jobs.progress.configure` routed it there.
+
+    File descriptor 1 is pointed at stderr for the rest of the process (Ray's log thread
+    keeps printing after the job returns, and C extensions write to the descriptor, not to
+    ``sys.stdout``); the returned stream writes to the original stdout.
+    """
+    sys.stdout.flush()
+    summary = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``tell`` with ``argv`` (default: the command line); returns the exit code.
+
+    Run as the command (``argv`` None), stdout carries only the summary (JSON, or the
+    demo's report) so ``tell train ... | jq`` works even when Ray prints: see
+    :func:`reserve_stdout`.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None:  # the command itself: one line per stage on stderr, the rest in a file
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
         for name in ("tell", "jobs"):
             logging.getLogger(name).setLevel(logging.INFO)
+    # After progress.configure: fd 1 then follows the routed fd 2 (the log file when quiet)
+    summary_out = reserve_stdout() if argv is None else sys.stdout
     err = progress.console()
     overrides = {
         name: getattr(args, name)
@@ -160,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     if progress.log_path() is not None:
         progress.line(f"full log: {progress.log_path()}")
     progress.close()
-    # A job that prints its own report (the demo's table) ends with it; the others print
+    # A job with a report for people (the demo's table) ends with it; the others print
     # their summary as JSON for scripts.
-    if result is not None and not getattr(module, "PRINTS_REPORT", False):
-        print(json.dumps(result, indent=2, default=str))
+    if result is not None:
+        report = getattr(module, "format_report", None)
+        text = report(result) if report else json.dumps(result, indent=2, default=str)
+        print(text, file=summary_out, flush=True)
     return 0
 
 

@@ -60,6 +60,11 @@ class Resources:
     gpus_per_worker : GPUs per worker (0: CPU; a fraction below 1 shares a GPU; above 1,
         a whole number).
     cpus_per_worker : CPUs reserved per worker (fractions leave room for Ray Data's readers).
+    stall_timeout_s : seconds without progress (no file scanned, no batch trained or
+        assigned) after which the job fails with one line naming what the cluster waits
+        for; 0 waits forever.
+    shared_filesystem : local paths are on a filesystem every node mounts at the same
+        place (NFS); without it a local path on a multi-node cluster is refused.
     """
 
     # Keys without a usable default: refused when missing or empty, marked in --help.
@@ -68,6 +73,8 @@ class Resources:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.5
+    stall_timeout_s: float = 600.0
+    shared_filesystem: bool = False
 
     def __post_init__(self) -> None:
         _require_all(self)
@@ -80,6 +87,7 @@ class Resources:
                 f"Got {self.gpus_per_worker!r}."
             )
         check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_open=True)
+        check_range("stall_timeout_s", self.stall_timeout_s, low=0.0)
 
 
 _TRAIN_CONFIG_WHERE = "train config"

@@ -32,8 +32,6 @@ from tell.metrics import clustering_scores
 logger = logging.getLogger("tell.demo")
 
 RUN_ID = "demo"
-# The CLI prints no JSON after this job: its table is the last thing on stdout.
-PRINTS_REPORT = True
 
 
 def _dataset(choice: str) -> Dataset:
@@ -67,6 +65,8 @@ def main(job: DemoJob) -> dict[str, Any]:
         workers=job.workers,
         cpus_per_worker=job.cpus_per_worker,
         gpus_per_worker=job.gpus_per_worker,
+        stall_timeout_s=job.stall_timeout_s,
+        shared_filesystem=job.shared_filesystem,
         config=TrainConfig(k=data.n_classes, encoder=job.encoder, seed=0, **_overrides(job)),
     )
     trained = _stage("train", train.main, train_job)
@@ -81,6 +81,8 @@ def main(job: DemoJob) -> dict[str, Any]:
             run_id=RUN_ID,
             workers=1,
             cpus_per_worker=job.cpus_per_worker,
+            stall_timeout_s=job.stall_timeout_s,
+            shared_filesystem=job.shared_filesystem,
         ),
     )
     evaluated = _stage(
@@ -102,6 +104,8 @@ def main(job: DemoJob) -> dict[str, Any]:
     summary_path = root / "summary.json"
     summary = {
         "data": str(data_dir),
+        "rows": data.n_samples,
+        "classes": data.n_classes,
         "model": trained["model"],
         "assignments": assigned["run"],
         "report": explained["report"],
@@ -112,22 +116,28 @@ def main(job: DemoJob) -> dict[str, Any]:
         "verdict": trained.get("verdict"),
     }
     summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """What ``tell demo`` prints last (the CLI prints it instead of JSON): where everything
+    went, then the metrics table."""
+    baseline = summary["identity_metrics"]
     lines = [
         "",
-        f"data        {summary['data']} ({data.n_samples} rows, {data.n_classes} classes)",
+        f"data        {summary['data']} ({summary['rows']} rows, {summary['classes']} classes)",
         f"model       {summary['model']}",
         f"assignments {summary['assignments']}",
         f"report      {summary['report']}",
         f"summary     {summary['summary']}",
         "",
-        f"metric  {'TELL ' + job.encoder:<14} identity (k-means)",
+        f"metric  {'TELL ' + summary['encoder']:<14} identity (k-means)",
         *(
             f"{k:<7} {v:<14.4f} {baseline[k]:.4f}" if k in baseline else f"{k:<7} {v:.4f}"
             for k, v in summary["metrics"].items()
         ),
     ]
-    print("\n".join(lines), flush=True)
-    return summary
+    return "\n".join(lines)
 
 
 def _overrides(job: DemoJob) -> dict[str, Any]:

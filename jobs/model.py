@@ -16,7 +16,7 @@ from typing import Any
 
 from jobs import storage
 from tell import checkpoint
-from tell.errors import TellCheckpointError, TellCollapseError
+from tell.errors import TellCheckpointError, TellCollapseError, TellDataError
 from tell.model import TELLNet
 
 MODEL_DIR = "model"
@@ -45,11 +45,25 @@ def publish(
     outcome = meta.get("outcome", {})
     if outcome.get("stop_reason") == "collapsed":
         raise TellCollapseError(outcome["message"])
+    _refuse_untrained(name, meta, net.cluster.n_clusters)
     if annotate is not None:
         meta = {**meta, **annotate(net, meta)}
     uri = model_uri(out, name)
     save_model(uri, net, meta)
     return uri, meta
+
+
+def _refuse_untrained(name: str, meta: dict[str, Any], k: int) -> None:
+    """A run that never trained is not a model: an epoch that saw no rows, or a last epoch
+    whose centers are all dead (the model would be its initial centers)."""
+    empty = [h["epoch"] for h in meta.get("history", []) if h.get("rows", 1) == 0]
+    dead = meta.get("metrics", {}).get("dead_centers", 0)
+    if empty or dead >= k:
+        what = f"epoch(s) {empty} saw no rows" if empty else f"all {k} centers are dead"
+        raise TellDataError(
+            f"Training run {name!r} did not train: {what}, so its model would be its "
+            "initial centers; nothing was published. Use more rows or a smaller batch_size."
+        )
 
 
 def save_model(uri: str, model: TELLNet, metadata: dict[str, Any]) -> None:

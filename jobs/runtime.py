@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import time
 
 from jobs import progress
 from tell import errors as tell_errors
-from tell.errors import TellError
+from tell.errors import TellConfigError, TellError
 
 # Set before Ray is imported anywhere in the process.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -23,15 +25,38 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+class ClusterError(TellError):
+    """The Ray cluster cannot be reached, or cannot run the job (it stopped progressing)."""
+
+
+# How long a job waits for the cluster named by RAY_ADDRESS to accept a connection: long
+# enough for a head node that is still starting, short enough that a mistyped address in a
+# cron job fails within about half a minute instead of hanging in Ray's retries.
+CONNECT_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT_S = 3.0  # one TCP connection attempt
+
+
 def ensure_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it) or start a local one.
+
+    Joining is bounded: the address's port must accept a TCP connection within
+    :data:`CONNECT_TIMEOUT_S` (Ray itself retries a closed port for minutes), else
+    :class:`ClusterError` with one line naming the address.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
+    if address and address != "local":
+        probe_address(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ClusterError(
+                f"Cannot join the Ray cluster at RAY_ADDRESS={address} ({one_line(exc)}). "
+                "Check RAY_ADDRESS, or unset it to run on a local Ray started by the job."
+            ) from None
     else:
         ray.init(
             address="local",
@@ -40,6 +65,54 @@ def ensure_ray() -> None:
             runtime_env={"worker_process_setup_hook": quiet_dashboardless_workers},
         )
     progress.attach_ray()  # forwarded worker lines: to the log file, progress to the console
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`ClusterError` unless ``address`` (``host:port``, ``ray://host:port``)
+    accepts a TCP connection within ``timeout_s``; ``auto`` is left to Ray (it reads the
+    address of the cluster started on this machine from Ray's temp directory)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(
+            f"RAY_ADDRESS={address} is not an address of a Ray cluster; expected HOST:PORT "
+            "(the head node's GCS port, 6379 by default), ray://HOST:PORT or auto."
+        )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), _PROBE_TIMEOUT_S):
+                return
+        except OSError as exc:  # refused, unreachable, unknown host, timed out
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() + 1.0 >= deadline:
+            raise ClusterError(
+                f"Cannot reach the Ray cluster at RAY_ADDRESS={address}: {reason} for "
+                f"{timeout_s:.0f} s. Check RAY_ADDRESS (the head node's address and GCS "
+                "port), or unset it to run on a local Ray started by the job."
+            )
+        time.sleep(1.0)
+
+
+def require_shared_paths(paths: dict[str, str], shared: bool) -> None:
+    """Refuse local paths (``{flag: path}``) on a cluster of more than one node, unless
+    ``shared`` says they are on a filesystem every node mounts (each node would otherwise
+    read and write its own disk). Call after :func:`ensure_ray`."""
+    import ray
+
+    local = {flag: path for flag, path in paths.items() if path and "://" not in path}
+    if shared or not local:
+        return
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1:
+        flag, path = next(iter(local.items()))
+        raise TellConfigError(
+            f"--{flag} {path} is a local path, but the Ray cluster has {nodes} nodes: each "
+            "node would read and write its own disk. Use object storage (s3://...), or set "
+            "shared_filesystem: true (--shared-filesystem) if the path is on a filesystem "
+            "every node mounts at the same place."
+        )
 
 
 # Ray Train's placement-group cleaner asks the State API, which needs the dashboard, whether

@@ -232,7 +232,8 @@ def check_access(loc: Location, *, write: bool) -> None:
     """Preflight a location before any Ray work starts.
 
     Local: reading needs the path to exist and be readable; writing needs the
-    path, or else its parent directory, to exist and be writable. S3 (bounded
+    path (a directory, never a file), or else its parent directory, to exist and be
+    writable. S3 (bounded
     retries, 10 s read timeout): the endpoint answers, the credentials are accepted
     and the bucket exists; reading also needs an object at the key or below
     ``key/``. A missing bucket is never created here (see :func:`ensure_bucket`).
@@ -636,6 +637,11 @@ def _check_local(loc: Location, *, write: bool) -> None:
         if not os.access(path, mode):
             raise TellStorageError(f"Input {loc.uri} is not readable. Fix its permissions.")
         return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TellStorageError(
+            f"Output {loc.uri} is a file; the output must be a directory (it is written "
+            "below it). Choose a directory, or a path that does not exist yet."
+        )
     target = path if os.path.exists(path) else os.path.dirname(path)
     if target != path and not os.path.isdir(target):
         raise TellStorageError(

@@ -210,7 +210,7 @@ class EpochStats:
             "rec_loss": rec / n_rows,
             "clu_loss": clu / n_rows,
             "inertia_per_row": float(self.sq_dist_sums.sum()) / n_rows,
-            "rows": int(n_rows),
+            "rows": int(self.counts.sum().item()),  # 0 for an epoch that saw no row
             "steps": int(n_steps),
             "dead_centers": int((self.counts == 0).sum().item()),
             "size_imbalance": float(self.counts.max()) * self.counts.shape[0] / n_rows,

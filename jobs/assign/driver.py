@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import progress, runtime, storage
+from jobs import progress, runtime, storage, watchdog
 from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
 from jobs.commit import reader, writer
 from jobs.config import AssignJob
-from jobs.input.inspect import InputSet, list_input, read_dataset
+from jobs.input.inspect import InputSet, list_input
 from jobs.model import assignment_run_id, load_model, model_id
 from tell.errors import TellConfigError, TellStorageError
 
@@ -122,7 +122,12 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
         progress.line(f"nothing to assign: every partition of {job.data} is committed")
         return {**summary, "partitions_assigned": [], "rows": 0, "assigned": 0, "rejected": 0}
     runtime.ensure_ray()
-    committed = [_run_unit(job, p, unit, info, on_event) for unit, info in p.units]
+    runtime.require_shared_paths(
+        {"model": job.model, "data": job.data, "out": job.out}, job.shared_filesystem
+    )
+    # No batch assigned for stall_timeout_s: one line naming what the cluster waits for.
+    with watchdog.watch(job.stall_timeout_s, "assign") as beat:
+        committed = [_run_unit(job, p, unit, info, on_event, beat) for unit, info in p.units]
     totals = {key: sum(m["rows"][key] for m in committed) for key in ("assigned", "rejected")}
     rows = sum(m["rows"]["input"] for m in committed)
     wall_s = time.perf_counter() - started
@@ -164,11 +169,17 @@ def _unit(run: storage.Location, unit: str) -> storage.Location:
 
 
 def _run_unit(
-    job: AssignJob, p: Plan, unit: str, info: InputSet, on_event: Hook | None
+    job: AssignJob,
+    p: Plan,
+    unit: str,
+    info: InputSet,
+    on_event: Hook | None,
+    beat: watchdog.Beater,
 ) -> dict[str, Any]:
     import ray.data
 
     from jobs.assign.sink import AssignmentSink  # imports Ray Data: only once Ray runs
+    from jobs.input.read import read_dataset
 
     unit_loc = _unit(p.run, unit)
     # what a crashed attempt may have left visible to plain readers goes first
@@ -188,7 +199,9 @@ def _run_unit(
     )
     use_gpu = job.gpus_per_worker > 0
     columns = list(dict.fromkeys([job.column, *job.id_columns]))
-    dataset = read_dataset(info, columns).map_batches(
+    dataset = read_dataset(
+        info, columns, concurrency=max(2, job.workers), blocks=2 * job.workers
+    ).map_batches(
         Assigner,
         fn_constructor_kwargs={
             "model_uri": job.model,
@@ -197,6 +210,7 @@ def _run_unit(
             "id_columns": tuple(job.id_columns),
             "threads": 1 if use_gpu else max(1, int(job.cpus_per_worker)),
             "use_gpu": use_gpu,
+            "heartbeat": beat.handle,
         },
         batch_format="pyarrow",
         batch_size=job.batch_size,

@@ -18,6 +18,7 @@ import torch
 
 from jobs.commit.writer import REASON_COLUMN as REASON
 from jobs.model import load_model
+from jobs.watchdog import Beater
 from tell.assign import assign
 from tell.io import screen_rows
 
@@ -42,8 +43,10 @@ class Assigner:
         id_columns: tuple[str, ...],
         threads: int = 1,
         use_gpu: bool = False,
+        heartbeat: Any | None = None,
     ) -> None:
         torch.set_num_threads(max(1, int(threads)))
+        self.beat = Beater(heartbeat)  # the job's watchdog hears of every batch
         self.column, self.dim, self.id_columns = column, dim, tuple(id_columns)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         model, _ = load_model(model_uri)  # the driver checked its width against the input's
@@ -78,4 +81,5 @@ class Assigner:
                 full[valid] = values
                 arrays.append(pa.array(full, mask=~valid))
             arrays.append(pa.array(screen.reasons, type=pa.string()))
+        self.beat(f"assigned a batch of {n} rows")
         return pa.table(arrays, names=[*self.id_columns, *RESULT_COLUMNS, REASON])

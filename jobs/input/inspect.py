@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -204,7 +204,7 @@ def _input_set(
     required: Sequence[str] = (),
 ) -> InputSet:
     """Check the footers of one input (or partition) and describe it."""
-    widths: dict[int | None, str] = {}
+    widths: dict[int | None, tuple[str, pa.DataType]] = {}
     for footer in footers:
         names = footer.schema.names
         for name in (*([column] if column else []), *required):
@@ -215,9 +215,17 @@ def _input_set(
         if column:
             column_type = footer.schema.field(column).type
             check_feature_type(column, column_type)  # every file: fixed widths are never
-            widths.setdefault(_fixed_width(column_type), footer.path)  # screened otherwise
+            # every file: fixed widths are never screened otherwise
+            widths.setdefault(_fixed_width(column_type), (footer.path, column_type))
+    if None in widths and len(widths) > 1:  # a variable-length list beside fixed widths
+        (f1, t1), (f2, t2) = widths[None], next(v for w, v in widths.items() if w is not None)
+        raise TellDataError(
+            f"Column {column!r} is {t1} (variable length) in {f1} but {t2} (fixed width) in "
+            f"{f2}; every file must store the feature column with the same type. Rewrite "
+            "the files with one type (e.g. fixed_size_list<float>[D])."
+        )
     if len(widths) > 1:
-        (w1, f1), (w2, f2) = list(widths.items())[:2]
+        (w1, (f1, _)), (w2, (f2, _)) = list(widths.items())[:2]
         raise TellDataError(
             f"Column {column!r} has {w1} values per row in {f1} but {w2} in {f2}; "
             "every file must have the same feature width."
@@ -331,16 +339,3 @@ def _check_hive(data_uri: str, groups: dict[str, list[str]]) -> None:
                 f"dt=2026-11-28/ under {data_uri}); found {example} in {where}. Move the files "
                 "into key=value directories, or run without --incremental."
             )
-
-
-# ------------------------------------------------------------------ streaming
-
-
-def read_dataset(input_set: InputSet, columns: Sequence[str]) -> Any:  # ray.data.Dataset
-    """A lazy, streaming Ray Dataset over the input's files, reading only ``columns``."""
-    import ray.data
-
-    dataset = ray.data.read_parquet(
-        input_set.files, filesystem=input_set.location.filesystem, file_extensions=["parquet"]
-    )
-    return dataset.select_columns(list(columns))  # projected into the read by Ray's optimizer

@@ -19,7 +19,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +31,10 @@ from tell.io import screen_rows
 
 logger = logging.getLogger("tell.scan")
 
+# A scan task reserves no CPU (the window below bounds how many run): one that asks for a
+# CPU the training workers hold is never scheduled, and that includes Ray's rebuild of a
+# kept block lost with its node, which re-runs the task with the task's own request.
+SCAN_TASK_CPUS = 0
 BLOCK_BYTES = 32 * 2**20  # target size of a kept feature block (and of a screened batch)
 _PROGRESS_EVERY_S = 10.0
 
@@ -100,15 +104,24 @@ def scan_file(
     yield FileStats(rows, bad, reason, sample)
 
 
-def scan_input(info: InputSet, sample_rows: int, seed: int, keep: bool) -> ScanResult:
+def scan_input(
+    info: InputSet,
+    sample_rows: int,
+    seed: int,
+    keep: bool,
+    beat: Callable[[str], None] | None = None,
+) -> ScanResult:
     """Scan every input file once (one task each); see the module docstring.
 
     keep : also keep every usable row's features in the object store (``blocks``).
+    beat : called as each file's scan finishes (the job's watchdog heartbeat).
     """
     import ray
 
     fraction = min(1.0, 1.2 * sample_rows / info.num_rows + 1e-9)
-    task = ray.remote(scan_file).options(num_cpus=1, num_returns="streaming")
+    task = ray.remote(scan_file).options(
+        num_cpus=SCAN_TASK_CPUS, scheduling_strategy="SPREAD", num_returns="streaming"
+    )
     files = iter(enumerate(info.files))
     # A bounded window of tasks in flight: a million-file input is not a million pending
     # tasks, and results are consumed in file order as they arrive.
@@ -135,6 +148,8 @@ def scan_input(info: InputSet, sample_rows: int, seed: int, keep: bool) -> ScanR
         rows, bad, done = rows + stats.rows, bad + stats.bad_rows, done + 1
         reason = reason or stats.first_reason
         parts.append(stats.sample)
+        if beat is not None:
+            beat(f"scanned {done} of {len(info.files)} files")
         if time.monotonic() - last_log > _PROGRESS_EVERY_S:
             last_log = time.monotonic()
             logger.info("scanned %d of %d files (%d rows)", done, len(info.files), rows)

@@ -56,8 +56,9 @@ def scores_from_contingency(table: np.ndarray) -> dict[str, float]:
 class Contingency:
     """Accumulates cluster sizes, inertia and the (cluster x label) table batch by batch.
 
-    Label values may be of any Arrow type; null labels count in the sizes and inertia but
-    not in the table. Rows with a null or negative cluster are counted in ``unassigned``.
+    Label values may be of any Arrow type; null (and NaN) labels count in the sizes and
+    inertia but not in the table. Rows with a null or negative cluster are counted in
+    ``unassigned``.
     """
 
     def __init__(self) -> None:
@@ -86,6 +87,8 @@ class Contingency:
         """Global label index per row, -1 for null labels."""
         if isinstance(labels, pa.ChunkedArray):
             labels = labels.combine_chunks()
+        if pa.types.is_floating(labels.type):  # NaN is a missing label, not a class
+            labels = pc.if_else(pc.is_nan(labels), pa.scalar(None, labels.type), labels)
         encoded = labels.dictionary_encode()
         lut = np.empty(len(encoded.dictionary), dtype=np.int64)
         for i, value in enumerate(encoded.dictionary.to_pylist()):

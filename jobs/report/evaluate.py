@@ -56,7 +56,8 @@ def _labels_from_data(job: EvaluateJob) -> pa.Table:
 def main(job: EvaluateJob) -> dict[str, Any]:
     """Score a committed assignment run; logs a table and returns the metrics as a dict."""
     run = storage.resolve(job.assignments)
-    manifest, parts = reader.committed_parts(run)
+    manifest, listed = reader.committed_parts(run, include_rejected=True)
+    parts = listed[: len(manifest.get("files", []))]  # the assigned parts (listed first)
     labels_table: pa.Table | None = None
     tally = Contingency()
     rows = unmatched = 0
@@ -95,6 +96,8 @@ def main(job: EvaluateJob) -> dict[str, Any]:
                     unmatched += int(table["_matched"].null_count)
                 tally.add(table[CLUSTER], table[DISTANCE], table[job.label_column])
                 rows += batch.num_rows
+    # Each file held the rows the manifest lists for it; now the totals it records.
+    check_row_totals(run, manifest, listed)
     result = summarize(tally, manifest, job)
     result.update(
         rows=rows, files=len(parts), unmatched_rows=unmatched, unassigned_rows=tally.unassigned
@@ -112,6 +115,29 @@ def main(job: EvaluateJob) -> dict[str, Any]:
     if job.out:
         _write_json(job.out, result)
     return result
+
+
+def check_row_totals(
+    run: storage.Location, manifest: dict[str, Any], parts: list[tuple[storage.Location, int]]
+) -> None:
+    """Refuse a manifest whose row totals disagree with the files it lists (assigned parts
+    first, then rejected): rows in = assigned + rejected, each the sum of its files' rows."""
+    rows = manifest.get("rows") if isinstance(manifest.get("rows"), dict) else {}
+    n_assigned = len(manifest.get("files", []))
+    listed = {
+        "assigned": sum(n for _, n in parts[:n_assigned]),
+        "rejected": sum(n for _, n in parts[n_assigned:]),
+    }
+    totals = {key: rows.get(key) for key in ("input", "assigned", "rejected")}
+    if (
+        any(totals[key] != listed[key] for key in listed)
+        or totals["input"] != listed["assigned"] + listed["rejected"]
+    ):
+        raise TellDataError(
+            f"{run.join(reader.MANIFEST_FILE).uri} says rows {totals}, but the files it lists "
+            f"hold {listed['assigned']} assigned and {listed['rejected']} rejected rows; the "
+            "run is damaged: re-run the assignment."
+        )
 
 
 def _join(table: pa.Table, labels: pa.Table, job: EvaluateJob) -> pa.Table:

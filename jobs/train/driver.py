@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs import progress, runtime, storage
+from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
-from jobs.input.inspect import InputSet, open_input, read_dataset
+from jobs.input.inspect import InputSet, open_input
 from jobs.input.scan import scan_input
 from jobs.model import publish
 from jobs.train.worker import train_loop_per_worker
@@ -66,7 +66,7 @@ def plan(job: TrainJob) -> tuple[InputSet, TrainConfig, EncoderSpec]:
 
 
 class FeatureBatches:
-    """``map_batches`` callable: an Arrow batch -> {"x": (B, d) float32} of valid rows.
+    """Read transform: an Arrow batch -> {"x": (B, d) float32} of valid rows.
 
     Raises TellDataError on a bad row: training refuses data with bad rows (the scan pass
     reports them before any worker starts; this guards against data changing mid-run).
@@ -85,6 +85,11 @@ class FeatureBatches:
         return {"x": screen.matrix}
 
 
+def padding_rows(rows: int, workers: int) -> int:
+    """Copies of sampled rows that make ``rows`` a multiple of ``workers`` (< workers)."""
+    return -rows % workers
+
+
 def _fits_in_object_store(n_bytes: int, share: float = 0.25) -> bool:
     """Whether ``n_bytes`` of features take at most ``share`` of the cluster's object store."""
     import ray
@@ -96,6 +101,7 @@ def main(job: TrainJob) -> dict[str, Any]:
     """Run the training job; returns a summary (model location, final metrics)."""
     info, cfg, spec = plan(job)
     runtime.ensure_ray()
+    runtime.require_shared_paths({"data": job.data, "out": job.out}, job.shared_filesystem)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -104,77 +110,100 @@ def main(job: TrainJob) -> dict[str, Any]:
     materialized = job.materialize == "always" or (
         job.materialize == "auto" and _fits_in_object_store(info.num_rows * info.dim * 4)
     )
-    # One read validates every row and draws the k-means++ sample; when the features fit,
-    # it also keeps them decoded in the object store, so epochs never re-read the files.
-    scan = scan_input(info, cfg.init_sample_rows, cfg.seed, keep=materialized)
-    scan_s = time.perf_counter() - started
-    progress.line(
-        f"scanned {scan.rows:,} rows ({scan.bad_rows} bad) and drew {len(scan.sample):,} "
-        f"sample rows in {scan_s:.1f} s"
-        + ("; features kept in the object store" if materialized else "")
-    )
-    if scan.bad_rows:
-        raise TellDataError(
-            f"{scan.bad_rows} of {scan.rows} rows of column {job.column!r} in {job.data} "
-            f"cannot be used for training (first: {scan.first_reason}); clean the data "
-            "(tell assign quarantines such rows instead)."
+    # No progress for stall_timeout_s (no file scanned, no batch trained): one line naming
+    # what the cluster waits for, instead of a run that hangs (jobs/watchdog.py).
+    with watchdog.watch(job.stall_timeout_s, "train") as beat:
+        # One read validates every row and draws the k-means++ sample; when the features fit,
+        # it also keeps them decoded in the object store, so epochs never re-read the files.
+        scan = scan_input(info, cfg.init_sample_rows, cfg.seed, keep=materialized, beat=beat)
+        scan_s = time.perf_counter() - started
+        progress.line(
+            f"scanned {scan.rows:,} rows ({scan.bad_rows} bad) and drew {len(scan.sample):,} "
+            f"sample rows in {scan_s:.1f} s"
+            + ("; features kept in the object store" if materialized else "")
         )
-    if materialized:
+        if scan.bad_rows:
+            raise TellDataError(
+                f"{scan.bad_rows} of {scan.rows} rows of column {job.column!r} in {job.data} "
+                f"cannot be used for training (first: {scan.first_reason}); clean the data "
+                "(tell assign quarantines such rows instead)."
+            )
         import ray.data
+        from ray.data.block import BlockAccessor
 
-        dataset = ray.data.from_arrow_refs(scan.blocks)
-    else:
-        dataset = read_dataset(info, [job.column]).map_batches(
-            FeatureBatches(job.column, info.dim), batch_format="pyarrow"
+        # Ray Train's equal split drops the rows beyond a multiple of the world size (the same
+        # rows every epoch): pad with copies of as many sampled rows, so no row is left out.
+        padding = padding_rows(scan.rows, job.workers)
+        pad = [
+            BlockAccessor.batch_to_block({"x": np.resize(scan.sample, (padding, info.dim))})
+            for _ in range(padding > 0)
+        ]
+        if materialized:
+            dataset = ray.data.from_arrow_refs([*scan.blocks, *map(ray.put, pad)])
+        else:
+            from jobs.input.read import read_dataset
+
+            dataset = read_dataset(
+                info,
+                [job.column],
+                transform=FeatureBatches(job.column, info.dim),
+                concurrency=max(2, job.workers),
+            )
+            if pad:
+                dataset = dataset.union(ray.data.from_arrow(pad))
+        dataset = dataset.randomize_block_order(seed=cfg.seed)
+        # Each epoch re-executes this dataset. From memory an epoch takes seconds and the job
+        # logs a line per epoch, so Ray Data's progress would only repeat itself (hundreds of
+        # lines per run); a streaming epoch reads the whole input and keeps its progress output.
+        dataset.context.enable_progress_bars = progress.verbose() and not materialized
+        metadata = {
+            "run_name": job.name,
+            "config": cfg.to_dict(),
+            "seeds": {"seed": cfg.seed},
+            "input": {
+                "uri": job.data,
+                "column": job.column,
+                "type": str(info.column_type),
+                "dim": info.dim,
+                "rows": info.num_rows,
+                "files": len(info.files),
+            },
+            "workers": job.workers,
+        }
+        use_gpu = job.gpus_per_worker > 0
+        resources = {
+            "CPU": job.cpus_per_worker,
+            **({"GPU": job.gpus_per_worker} if use_gpu else {}),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "model": cfg.to_dict(),
+                "spec": spec.to_dict(),
+                "rows": scan.rows,
+                "rows_per_worker": (scan.rows + padding) // job.workers,
+                "sample": scan.sample,
+                "metadata": metadata,
+                "fault": os.environ.get("TELL_FAULT_INJECT"),
+                "threads_per_worker": max(1, int(job.cpus_per_worker)),
+                "heartbeat": beat.handle,
+                "checkpoint_every": job.checkpoint_every,
+                "checkpoint_min_interval_s": job.checkpoint_min_interval_s,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=job.name,
+                storage_path=out.join("runs").path,
+                storage_filesystem=out.filesystem,
+                failure_config=FailureConfig(max_failures=job.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+            datasets={"train": dataset},
         )
-    dataset = dataset.randomize_block_order(seed=cfg.seed)
-    # Each epoch re-executes this dataset. From memory an epoch takes seconds and the job
-    # logs a line per epoch, so Ray Data's progress would only repeat itself (hundreds of
-    # lines per run); a streaming epoch reads the whole input and keeps its progress output.
-    dataset.context.enable_progress_bars = progress.verbose() and not materialized
-    metadata = {
-        "run_name": job.name,
-        "config": cfg.to_dict(),
-        "seeds": {"seed": cfg.seed},
-        "input": {
-            "uri": job.data,
-            "column": job.column,
-            "type": str(info.column_type),
-            "dim": info.dim,
-            "rows": info.num_rows,
-            "files": len(info.files),
-        },
-        "workers": job.workers,
-    }
-    use_gpu = job.gpus_per_worker > 0
-    resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "model": cfg.to_dict(),
-            "spec": spec.to_dict(),
-            "rows": scan.rows,
-            "sample": scan.sample,
-            "metadata": metadata,
-            "fault": os.environ.get("TELL_FAULT_INJECT"),
-            "threads_per_worker": max(1, int(job.cpus_per_worker)),
-            "checkpoint_every": job.checkpoint_every,
-            "checkpoint_min_interval_s": job.checkpoint_min_interval_s,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=job.name,
-            storage_path=out.join("runs").path,
-            storage_filesystem=out.filesystem,
-            failure_config=FailureConfig(max_failures=job.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": dataset},
-    )
-    fit_started = time.perf_counter()
-    result = trainer.fit()
+        fit_started = time.perf_counter()
+        result = trainer.fit()
     fit_s = time.perf_counter() - fit_started
     progress.line(f"training finished in {fit_s:.1f} s")
     if result.checkpoint is None:
@@ -194,6 +223,7 @@ def main(job: TrainJob) -> dict[str, Any]:
         "run": str(out.join("runs", job.name)),
         "epochs": int(meta["epoch"]) + 1,
         "rows": scan.rows,
+        "padding_rows": padding,
         "materialized": materialized,
         "wall_s": round(time.perf_counter() - started, 2),
         "scan_s": round(scan_s, 2),

@@ -1,47 +1,93 @@
-"""Fault injection for tests: kill one training worker once, mid-epoch. Off by default.
+"""Fault injection and instrumentation for tests, set in the driver's environment as
+``TELL_FAULT_INJECT``. Off by default.
 
-Set ``TELL_FAULT_INJECT=kill:rank=R:epoch=E:step=S:marker=PATH`` in the driver's
-environment: rank R exits abruptly (``os._exit``) after S steps of epoch E, the first time
-only (the marker file records that it happened), exactly like a lost worker.
+- ``kill:rank=R:epoch=E:step=S:marker=PATH``: rank R exits abruptly (``os._exit``) after S
+  steps of epoch E, the first time only (the marker file records that it happened), exactly
+  like a lost worker.
+- ``mark:epoch=E:step=S:marker=PATH[:delay_s=T]``: at step S of epoch E every rank R
+  writes the id of its Ray node to ``PATH-rank-R`` (training goes on), so a test knows
+  training is under way and where each rank runs, e.g. to remove a node; with ``delay_s``
+  every step takes T seconds longer, so the fault lands mid-training.
+- ``record:dir=PATH``: every rank writes the first feature of every row it trained on to
+  ``PATH/epoch-E-rank-R-attempt-N.npy`` at the end of each epoch (which rows each epoch saw).
 """
 
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from tell.errors import TellConfigError
 
+_REQUIRED = {
+    "kill": {"rank", "epoch", "step", "marker"},
+    "mark": {"epoch", "step", "marker"},
+    "record": {"dir"},
+}
 
-def parse_fault(spec: str) -> dict[str, str]:
+
+def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
+    """(kind, fields) of a spec; refuses one that is not one of the module's forms."""
     kind, *fields = spec.split(":")
     values = dict(f.split("=", 1) for f in fields if "=" in f)
-    if kind != "kill" or not {"rank", "epoch", "step", "marker"} <= set(values):
+    if kind not in _REQUIRED or not _REQUIRED[kind] <= set(values):
         raise TellConfigError(
-            "TELL_FAULT_INJECT must look like kill:rank=R:epoch=E:step=S:marker=PATH. "
-            f"Got {spec!r}."
+            "TELL_FAULT_INJECT must look like kill:rank=R:epoch=E:step=S:marker=PATH, "
+            f"mark:epoch=E:step=S:marker=PATH[:delay_s=T] or record:dir=PATH. Got {spec!r}."
         )
-    return values
+    return kind, values
 
 
 def maybe_inject_fault(
     batches: Iterator[torch.Tensor], spec: str | None, *, rank: int, epoch: int
 ) -> Iterator[torch.Tensor]:
-    """Pass ``batches`` through, dying at the configured step if this is the chosen rank."""
+    """Pass ``batches`` through, applying the configured fault on this rank and epoch."""
     if not spec:
         yield from batches
         return
-    fault = parse_fault(spec)
+    kind, fault = parse_fault(spec)
+    if kind == "record":
+        yield from _recorded(batches, fault["dir"], rank, epoch)
+        return
+    marker = fault["marker"] if kind == "kill" else f"{fault['marker']}-rank-{rank}"
     armed = (
-        int(fault["rank"]) == rank
+        (kind == "mark" or int(fault["rank"]) == rank)
         and int(fault["epoch"]) == epoch
-        and not os.path.exists(fault["marker"])
+        and not os.path.exists(marker)
     )
+    delay_s = float(fault.get("delay_s", 0))
     for step, batch in enumerate(batches):
         if armed and step == int(fault["step"]):
-            with open(fault["marker"], "w") as f:
-                f.write(f"killed rank {rank} at epoch {epoch} step {step}\n")
-            os._exit(17)
+            if kind == "kill":
+                with open(marker, "w") as f:
+                    f.write(f"killed rank {rank} at epoch {epoch} step {step}\n")
+                os._exit(17)
+            _write_node_id(marker)
+        if delay_s:
+            time.sleep(delay_s)
         yield batch
+
+
+def _write_node_id(path: str) -> None:
+    import ray
+
+    with open(path + ".tmp", "w") as f:
+        f.write(ray.get_runtime_context().get_node_id())
+    os.replace(path + ".tmp", path)  # readers never see a half-written id
+
+
+def _recorded(
+    batches: Iterator[torch.Tensor], directory: str, rank: int, epoch: int
+) -> Iterator[torch.Tensor]:
+    firsts = []
+    for batch in batches:
+        firsts.append(batch[:, 0].detach().cpu().numpy().copy())
+        yield batch
+    name = f"epoch-{epoch}-rank-{rank}-attempt-{uuid.uuid4().hex[:8]}.npy"
+    values = np.concatenate(firsts) if firsts else np.zeros(0, np.float32)
+    np.save(os.path.join(directory, name), values)

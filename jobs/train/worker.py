@@ -12,9 +12,10 @@ a restarted run resumes from the latest one.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from jobs import progress
 from jobs.train.faults import maybe_inject_fault
+from jobs.watchdog import Beater, beating
 from tell import checkpoint
 from tell.config import TrainConfig, from_mapping
 from tell.encoders import EncoderSpec
@@ -48,21 +50,36 @@ def _collectives(world: int):
     return (lambda t: dist.all_reduce(t)), all_gather
 
 
+def local_batch_rows(batch_size: int, world: int, rows_per_worker: int) -> int:
+    """Rows per step on each rank: the global ``batch_size`` shared by ``world`` ranks, but
+    never more than a rank's shard (a batch larger than the shard still trains)."""
+    return max(1, min(batch_size // world, rows_per_worker))
+
+
 def agreed_batches(
-    batches: Iterable[dict], max_steps: int, world: int, all_reduce_fn, device: torch.device
+    batches: Iterable[dict],
+    max_steps: int,
+    world: int,
+    all_reduce_fn,
+    device: torch.device,
+    beat: Callable[[str], None] | None = None,
+    what: str = "",
 ) -> Iterator[torch.Tensor]:
     """Yield feature batches while EVERY rank still has one, at most ``max_steps``.
 
     Each step all-reduces a 'have a batch' flag: ranks whose shard ran out make all ranks
-    stop together instead of leaving the others hanging in DDP's all-reduce.
+    stop together instead of leaving the others hanging in DDP's all-reduce. ``beat``
+    (the job's watchdog heartbeat) hears of every step, as "WHAT, step S".
     """
     iterator = iter(batches)
-    for _ in range(max_steps):
+    for step in range(max_steps):
         batch = next(iterator, None)
         have = torch.tensor([0 if batch is None else 1], device=device)
         all_reduce_fn(have)
         if int(have.item()) < world:
             return
+        if beat is not None:
+            beat(f"{what}, step {step}")
         yield batch["x"]
 
 
@@ -108,8 +125,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_at = [*meta.get("resumed_at", []), len(history)]
     model = ray.train.torch.prepare_model(net)
     all_reduce, all_gather = _collectives(world)
-    local_batch = max(1, cfg.batch_size // world)
-    max_steps = max(1, config["rows"] // world // local_batch)
+    beat = Beater(config.get("heartbeat"))
+    # The driver pads the input to a multiple of the world size, so Ray Train's equal split
+    # gives every rank exactly rows_per_worker rows and drops none; every rank then takes
+    # the same number of batches, the last one partial (no row is left out of any epoch).
+    local_batch = local_batch_rows(cfg.batch_size, world, config["rows_per_worker"])
+    max_steps = math.ceil(config["rows_per_worker"] / local_batch)
     # The epoch plan (tell/schedule.py) is the estimator's; a resumed run replays its history.
     schedule = EpochSchedule(cfg, config["rows"], net.has_decoder, history=history)
     pretrained: dict[str, torch.Tensor] | None = None
@@ -120,19 +141,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if plan.restart and pretrained is not None:  # the collapse guard's restart
                 net.load_state_dict(pretrained)
             pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
-            _init_centers(
-                net, config["sample"], cfg, cfg.seed + schedule.restarts, rank, world, device
-            )
+            with beating(beat, f"seeding {cfg.k} centers ({cfg.init}, rank {rank})"):
+                _init_centers(
+                    net, config["sample"], cfg, cfg.seed + schedule.restarts, rank, world, device
+                )
         started = time.perf_counter()
         batches = shard.iter_torch_batches(
             batch_size=local_batch,
-            drop_last=True,
+            drop_last=False,
             local_shuffle_buffer_size=min(8 * local_batch, 200_000),
             local_shuffle_seed=cfg.seed * 100_003 + epoch * 7 + rank,
             device=device,
         )
         batches = maybe_inject_fault(
-            agreed_batches(batches, max_steps, world, all_reduce, device),
+            agreed_batches(
+                batches, max_steps, world, all_reduce, device, beat, f"epoch {epoch} rank {rank}"
+            ),
             config.get("fault"),
             rank=rank,
             epoch=epoch,
@@ -153,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             {
                 **summary,
                 "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
+                "rows_skipped": max(0, config["rows_per_worker"] * world - summary["rows"]),
                 "epoch_s": elapsed,
                 "replica_divergence": divergence,
                 "min_cluster_size": min(summary["cluster_sizes"]),
@@ -214,7 +239,10 @@ def _init_centers(
     """k-means++ (or random) on the encoded sample on rank 0, broadcast to all ranks."""
     centers = torch.empty(cfg.k, net.cluster.weight.shape[1])
     if rank == 0:
+        started = time.perf_counter()
+        logger.info("seeding %d centers (%s) on %d sample rows", cfg.k, cfg.init, len(sample))
         centers = initial_centers(cfg.init, _encode_sample(net, sample, device), cfg.k, seed)
+        logger.info("seeded %d centers in %.1f s", cfg.k, time.perf_counter() - started)
     centers = centers.to(device)
     if world > 1:
         dist.broadcast(centers, src=0)

@@ -177,6 +177,10 @@ def world(tmp_path_factory):
     _write(paths["widths"] / "a", _table(X), 1)
     _write(paths["widths"] / "b", _table(X[:, :6]), 1)
     paths["w6"] = _write(root / "w6", _table(X[:, :6]), 1)
+    paths["list_fixed"] = root / "list_fixed"  # issue 13: list<double> beside a fixed list
+    _write(paths["list_fixed"] / "a", _table(X), 1)
+    doubles = pa.array(X.astype(np.float64).tolist(), pa.list_(pa.float64()))
+    _write(paths["list_fixed"] / "b", pa.table({"id": np.arange(N_ROWS), "embedding": doubles}), 1)
     paths["uncommitted"] = root / "uncommitted" / "run-1"
     _write(paths["uncommitted"] / "_staging" / "attempt-1", _table(X), 1)
 
@@ -262,6 +266,19 @@ LOCAL_CASES = [
     Case("vector-length-differs-across-files", _train("{widths}"),
          r"Column 'embedding' has 8 values per row in \S+ but 6 in \S+; every file must have "
          r"the same feature width"),
+    Case("list-beside-fixed-size-list", _train("{list_fixed}"),
+         r"Column 'embedding' is list<\w+: double> \(variable length\) in \S+/b/\S+ but "
+         r"fixed_size_list<element: float>\[8\] \(fixed width\) in \S+/a/\S+; every file "
+         r"must store the feature column with the same type"),
+    Case("out-is-a-file", ("train", "--data", "{good}", "--out", "{good}/part-00000.parquet",
+                           "--k", "3", "--epochs", "1"),
+         r"Output \S+/part-00000\.parquet is a file; the output must be a directory"),
+    # issue 13: valid jobs, RAY_ADDRESS at a closed port: one line within the connect bound
+    Case("unreachable-ray-cluster-train", _train("{good}"),
+         r"Cannot reach the Ray cluster at RAY_ADDRESS=127\.0\.0\.1:9: Connection refused "
+         r"for 10 s\. Check RAY_ADDRESS"),
+    Case("unreachable-ray-cluster-assign", _assign("{model}"),
+         r"Cannot reach the Ray cluster at RAY_ADDRESS=127\.0\.0\.1:9"),
     Case("vector-length-differs-from-model", _assign("{model}", "{w6}"),
          r"Column 'embedding' of \S+ has 6 values per row, but model \S+ expects 8"),
     Case("evaluate-uncommitted-run", ("evaluate", "--assignments", "{uncommitted}"),
@@ -421,7 +438,11 @@ def local_outcomes(request, world):
 
 @pytest.mark.parametrize("case", _params(LOCAL_CASES))
 def test_refused_locally(case, local_outcomes, world):
-    _check_refused(case, local_outcomes[case.id])
+    line = _check_refused(case, local_outcomes[case.id])
+    if case.id.startswith("unreachable-ray-cluster"):
+        wall_s = local_outcomes[case.id].wall_s
+        assert wall_s < 60, f"took {wall_s:.0f} s to give up on the cluster"
+        print(f"{case.id}: {wall_s:.1f} s: {line}")
     # Nothing written: the case's directory (the working directory, parent of --out) is empty.
     leftovers = sorted(str(p) for p in _case_dir(world, case).rglob("*"))
     assert leftovers == [], leftovers

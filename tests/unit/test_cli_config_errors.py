@@ -421,15 +421,48 @@ def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, cap
     import jobs.demo
     import jobs.report.evaluate
 
-    table = "model       /w/store/model\n\nmetric  value\nacc     0.9000"
-
-    def fake_demo(job):
-        print(table)
-        return {"model": "/w/store/model", "metrics": {"acc": 0.9}}
-
-    monkeypatch.setattr(jobs.demo, "main", fake_demo)
+    summary = {
+        "data": "/w/data/digits", "rows": 1797, "classes": 10, "model": "/w/store/model",
+        "assignments": "/w/store/assignments/demo", "report": "/w/report/report.html",
+        "summary": "/w/summary.json", "metrics": {"acc": 0.9},
+    }  # fmt: skip
+    monkeypatch.setattr(jobs.demo, "main", lambda job: summary)
     monkeypatch.setattr(jobs.report.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
     code, out, _ = _run(["demo", "--workdir", "w"], capsys)
-    assert code == 0 and out == table + "\n"
+    assert code == 0 and out == jobs.demo.format_report(summary) + "\n"
+    assert out.splitlines()[-1] == "acc     0.9000" and "/w/store/model" in out
     code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)
     assert code == 0 and json.loads(out) == {"acc": 0.5, "n_rows": 3}
+
+
+# Run as the command: a job whose libraries print (Python's print, and a write to file
+# descriptor 1 as Ray's C++ core and its log thread do) still leaves only the JSON on stdout.
+_NOISY_COMMAND = """
+import os, sys
+import jobs.report.evaluate
+from jobs import cli
+
+def noisy(job):
+    print("(raylet) Raylet is terminated")
+    sys.stdout.flush()
+    os.write(1, b"[core_worker.cc] written to the descriptor\\n")
+    return {"acc": 0.5}
+
+jobs.report.evaluate.main = noisy
+sys.argv = ["tell", "evaluate", "--assignments", "a"]
+sys.exit(cli.main())
+"""
+
+
+def test_as_a_command_stdout_carries_only_the_summary():
+    """Issue 13: `tell train ... | python -m json.tool` works even when Ray prints."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NOISY_COMMAND], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"acc": 0.5}, done.stdout
+    assert "(raylet) Raylet is terminated" in done.stderr
+    assert "written to the descriptor" in done.stderr
