@@ -424,13 +424,15 @@ def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, cap
     summary = {
         "data": "/w/data/digits", "rows": 1797, "classes": 10, "model": "/w/store/model",
         "assignments": "/w/store/assignments/demo", "report": "/w/report/report.html",
-        "summary": "/w/summary.json", "metrics": {"acc": 0.9},
+        "summary": "/w/summary.json", "metrics": {"acc": 0.9}, "encoder": "mlp",
+        "identity_metrics": {"acc": 0.8},
     }  # fmt: skip
     monkeypatch.setattr(jobs.demo, "main", lambda job: summary)
     monkeypatch.setattr(jobs.report.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
     code, out, _ = _run(["demo", "--workdir", "w"], capsys)
     assert code == 0 and out == jobs.demo.format_report(summary) + "\n"
-    assert out.splitlines()[-1] == "acc     0.9000" and "/w/store/model" in out
+    assert out.splitlines()[-1].split() == ["acc", "0.9000", "0.8000"] and "/w/store/model" in out
+    assert out.splitlines()[-2].split() == ["metric", "TELL", "mlp", "identity", "(k-means)"]
     code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)
     assert code == 0 and json.loads(out) == {"acc": 0.5, "n_rows": 3}
 
@@ -464,5 +466,10 @@ def test_as_a_command_stdout_carries_only_the_summary():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"acc": 0.5}, done.stdout
-    assert "(raylet) Raylet is terminated" in done.stderr
-    assert "written to the descriptor" in done.stderr
+    # Issue 12: quiet by default, so the noise went to the job's log file, whose path is
+    # the last line on stderr; nothing of it reached the console.
+    assert "Raylet" not in done.stderr and "descriptor" not in done.stderr, done.stderr
+    log = done.stderr.strip().splitlines()[-1].split("full log: ", 1)[1]
+    text = open(log, encoding="utf-8").read()
+    assert "(raylet) Raylet is terminated" in text
+    assert "written to the descriptor" in text
