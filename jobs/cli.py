@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any
 
+from jobs import progress
 from jobs.config import CHOICES, job_fields, load_job, required_keys
 from jobs.runtime import one_line, user_error
 
@@ -37,6 +38,10 @@ ENTRY_POINTS = {
     "explain": "jobs.report.explain",
     "demo": "jobs.demo",
 }
+VERBOSE_HELP = (
+    "show Ray's own log lines, warnings and progress bars on stderr too (they always go "
+    "to the log file whose path the job prints)"
+)
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
@@ -83,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--batch-size <-> batch_size); flags override the file.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, text in COMMANDS.items():
         required = required_keys(command)
@@ -95,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS: without --debug here, the value of 'tell --debug COMMAND' stands.
         p.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
+        p.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
         )
         for name, annotation, default, doc in job_fields(command):
             flags = ["--" + name.replace("_", "-")]
@@ -115,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def reserve_stdout() -> typing.TextIO:
     """Keep the process' stdout for the job's summary alone; everything else written to it
-    (Ray's forwarded worker and raylet lines, a library's print) goes to stderr.
+    (Ray's forwarded worker and raylet lines, a library's print) goes to stderr, i.e. to the
+    log file when :func:`jobs.progress.configure` routed it there.
 
     File descriptor 1 is pointed at stderr for the rest of the process (Ray's log thread
     keeps printing after the job returns, and C extensions write to the descriptor, not to
@@ -134,14 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     demo's report) so ``tell train ... | jq`` works even when Ray prints: see
     :func:`reserve_stdout`.
     """
-    summary_out = reserve_stdout() if argv is None else sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
-    # INFO from tell's own loggers only: libraries' INFO (e.g. aiobotocore's "Found
-    # credentials in environment variables") would be noise on stderr. Ray logs on its own.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    for name in ("tell", "jobs"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    if argv is None:  # the command itself: one line per stage on stderr, the rest in a file
+        progress.configure(args.command, verbose=args.verbose)
+    else:  # called in-process (tests): INFO from tell's own loggers on stderr
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+        for name in ("tell", "jobs"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    # After progress.configure: fd 1 then follows the routed fd 2 (the log file when quiet)
+    summary_out = reserve_stdout() if argv is None else sys.stdout
+    err = progress.console()
     overrides = {
         name: getattr(args, name)
         for name, *_ in job_fields(args.command)
@@ -153,17 +166,24 @@ def main(argv: list[str] | None = None) -> int:
         result = module.main(job)
     except Exception as exc:
         if args.debug:
-            traceback.print_exc()
+            traceback.print_exc(file=err)
         found = user_error(exc)
         if found is not None:
-            print(f"tell {args.command}: error: {one_line(found)}", file=sys.stderr)
+            progress.close()
+            print(f"tell {args.command}: error: {one_line(found)}", file=err, flush=True)
             return EXIT_USER_ERROR
+        log = progress.log_path()
+        progress.close()
         print(
             f"tell {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} "
-            "(run with --debug for the traceback)",
-            file=sys.stderr,
+            f"(run with --debug for the traceback{f'; log: {log}' if log else ''})",
+            file=err,
+            flush=True,
         )
         return EXIT_INTERNAL_ERROR
+    if progress.log_path() is not None:
+        progress.line(f"full log: {progress.log_path()}")
+    progress.close()
     # A job with a report for people (the demo's table) ends with it; the others print
     # their summary as JSON for scripts.
     if result is not None:

@@ -39,10 +39,12 @@ def check_run_id(name: str, value: str) -> None:
 
 
 MATERIALIZE = ("auto", "always", "never")
+PARTITION_BY = ("none", "cluster")
 DATASETS = ("auto", "digits", "mnist")
 # Keys whose value is one of a fixed set (shown in --help; checked by each class).
 CHOICES: dict[str, tuple[str, ...]] = {
     "materialize": MATERIALIZE,
+    "partition_by": PARTITION_BY,
     "dataset": DATASETS,
     "encoder": tuple(ENCODERS),
     "optimizer": tuple(OPTIMIZERS),
@@ -103,6 +105,10 @@ class TrainJob(Resources):
     materialize : keep the decoded features in Ray's object store between epochs: "auto"
         (when they take at most a quarter of it), "always", or "never" (stream the Parquet
         files every epoch).
+    checkpoint_every : write a checkpoint after every this many epochs (and always after the
+        last one); a failed run resumes from the newest checkpoint.
+    checkpoint_min_interval_s : and not sooner than this many seconds after the previous
+        checkpoint (0: no minimum), for runs whose epochs take seconds.
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("data", "out")
@@ -113,6 +119,8 @@ class TrainJob(Resources):
     name: str = "tell-train"
     max_failures: int = 3
     materialize: str = "auto"
+    checkpoint_every: int = 5
+    checkpoint_min_interval_s: float = 0.0
     # The model's hyperparameters: their keys stand at the top level (``k``, ``epochs``).
     # build_job passes them as a mapping, which __post_init__ validates.
     config: TrainConfig = dataclasses.field(kw_only=True)
@@ -123,6 +131,8 @@ class TrainJob(Resources):
         check_run_id("name", self.name)
         check_range("max_failures", self.max_failures, low=0)
         check_choice("materialize", self.materialize, MATERIALIZE)
+        check_range("checkpoint_every", self.checkpoint_every, low=1)
+        check_range("checkpoint_min_interval_s", self.checkpoint_min_interval_s, low=0.0)
         if isinstance(self.config, dict):  # the keys from a file and flags (build_job): they
             # are checked after the job's own keys
             object.__setattr__(
@@ -150,6 +160,9 @@ class AssignJob(Resources):
     batch_size : rows per inference batch.
     min_rows_per_file : smallest output file, in rows.
     incremental : with hive-partitioned input, assign only partitions with no committed output.
+    partition_by : "cluster" writes the assigned rows as hive directories cluster=J/ (the
+        column then comes from the directory name, as every Parquet reader expects), "none"
+        writes them side by side in the run directory.
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
@@ -163,10 +176,12 @@ class AssignJob(Resources):
     batch_size: int = 65536
     min_rows_per_file: int = 1_000_000
     incremental: bool = False
+    partition_by: str = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _not_empty("column", self.column)
+        check_choice("partition_by", self.partition_by, PARTITION_BY)
         if not self.id_columns:
             raise TellConfigError(
                 "The 'id_columns' must name at least one column (flag --id-column), so every "
@@ -254,25 +269,34 @@ class DemoJob(Resources):
     dataset : "digits" (ships with scikit-learn), "mnist" (when cached) or "auto" (mnist
         when cached, else digits).
     workdir : local directory used as the object store (data, model, assignments, report).
-    epochs : training epochs.
+    encoder : the learned encoder trained by the job ("mlp" or "conv"; "identity" trains
+        k-means only); the identity encoder is always fitted beside it for the table.
+    epochs : clustering epochs (default: the library's).
+    pretrain_epochs : autoencoder-only epochs first (default: the library's automatic length).
     workers : training workers.
     """
 
     dataset: str = "auto"
     workdir: str = "tell-demo"
-    epochs: int = 30
+    encoder: str = "mlp"
+    epochs: int | None = None
+    pretrain_epochs: int | None = None
     workers: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("dataset", self.dataset, DATASETS)
+        check_choice("encoder", self.encoder, tuple(ENCODERS))
         _not_empty("workdir", self.workdir)
         if "://" in self.workdir:
             raise TellConfigError(
                 f"The 'workdir' must be a local directory (the demo runs offline). "
                 f"Got {self.workdir!r}."
             )
-        check_range("epochs", self.epochs, low=1)
+        if self.epochs is not None:
+            check_range("epochs", self.epochs, low=1)
+        if self.pretrain_epochs is not None:
+            check_range("pretrain_epochs", self.pretrain_epochs, low=0)
 
 
 JOBS: dict[str, type] = {

@@ -12,6 +12,7 @@ import re
 import socket
 import time
 
+from jobs import progress
 from tell import errors as tell_errors
 from tell.errors import TellConfigError, TellError
 
@@ -63,6 +64,7 @@ def ensure_ray() -> None:
             log_to_driver=True,
             runtime_env={"worker_process_setup_hook": quiet_dashboardless_workers},
         )
+    progress.attach_ray()  # forwarded worker lines: to the log file, progress to the console
 
 
 def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:

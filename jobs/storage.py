@@ -411,6 +411,21 @@ def move_tree(src: Location, dst: Location) -> None:
         fs.delete_dir(src.path)
 
 
+def promote_file(src: Location, dst: Location) -> None:
+    """Make the file at ``src`` appear whole at ``dst`` (same filesystem), for a commit.
+
+    Local: one rename (atomic; parent directories are created), so ``src`` is gone after.
+    S3 (no rename): one server-side copy; the new object is visible only once complete, and
+    ``src`` is left for the caller to delete. ``dst`` is assumed not to exist.
+    """
+    with storage_errors(dst, "promoting a committed file to"):
+        if not src.is_s3:
+            os.makedirs(os.path.dirname(dst.path), exist_ok=True)
+            os.rename(src.path, dst.path)
+            return
+        src.filesystem.copy_file(src.path, dst.path)
+
+
 @contextlib.contextmanager
 def storage_errors(loc: Location, action: str) -> Iterator[None]:
     """Turn storage exceptions raised in the block into one-line TellStorageErrors.

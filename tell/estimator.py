@@ -62,6 +62,8 @@ class TELL:
     collapse_guard : restart the clustering with a smaller cluster weight when the learned
         features collapse; raise :class:`tell.errors.TellCollapseError` when they still do
         (see :mod:`tell.schedule`).
+    max_imbalance : None, or a bound (>= 1) on largest / mean cluster size while training:
+        a full center takes no more rows in an epoch (see ``tell.engine``).
     device : "cpu", "cuda" or "auto".
     random_state : int or None.
     verbose : 0 silent, 1 logs a line per epoch (``logging`` at INFO).
@@ -103,6 +105,7 @@ class TELL:
         n_init: int = 1,
         tol: float = 0.0,
         collapse_guard: bool = True,
+        max_imbalance: float | None = None,
         device: str = "cpu",
         random_state: int | None = None,
         verbose: int = 0,
@@ -127,6 +130,7 @@ class TELL:
         self.n_init = n_init
         self.tol = tol
         self.collapse_guard = collapse_guard
+        self.max_imbalance = max_imbalance
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -337,6 +341,7 @@ class TELL:
             n_init=self.n_init,
             tol=self.tol,
             collapse_guard=self.collapse_guard,
+            max_imbalance=self.max_imbalance,
             seed=int(seed),
         )
 

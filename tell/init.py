@@ -357,9 +357,10 @@ def initial_centers(
     (k-means|| with greedy k-means++ on its candidates, in groups of at most
     :data:`LEAF_CENTERS` centers), each refined by :data:`LLOYD_ITERATIONS` spherical
     Lloyd iterations on at most :data:`LLOYD_ROWS_PER_CENTER` rows per center of the sample;
-    the run with the lowest inertia is kept. "random" draws :func:`random_centers` on the
-    CPU (the paper's). ``z_sample`` (n, d) has unit rows, n >= k (see
-    :func:`sample_rows_for` for n).
+    the run with the lowest inertia is kept. With one restart (k >= 1000) the seeding of the
+    whole sample is returned as it is: no Lloyd pass, whose cost would grow with k^2.
+    "random" draws :func:`random_centers` on the CPU (the paper's). ``z_sample`` (n, d) has
+    unit rows, n >= k (see :func:`sample_rows_for` for n).
     """
     if init == "random":
         return random_centers(n_clusters, z_sample.shape[1], seed)
@@ -367,8 +368,11 @@ def initial_centers(
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(z.shape[0], generator=generator)[: LLOYD_ROWS_PER_CENTER * n_clusters]
     z_fit = z[rows.to(z.device)]
+    restarts = restarts_for(n_clusters)
+    if restarts == 1:  # nothing to compare: the training epochs refine the centers anyway
+        return two_level_kmeans_parallel(z, n_clusters, seed)
     best: tuple[float, torch.Tensor] | None = None
-    for restart in range(restarts_for(n_clusters)):
+    for restart in range(restarts):
         centers = two_level_kmeans_parallel(z_fit, n_clusters, seed + 1_000_003 * restart)
         inertia = lloyd_(z_fit, centers, LLOYD_ITERATIONS)
         if best is None or inertia < best[0]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import runtime, storage, watchdog
+from jobs import progress, runtime, storage, watchdog
 from jobs.assign import ids
 from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
 from jobs.commit import reader, writer
@@ -120,7 +120,7 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     if job.incremental:
         summary["partitions_skipped"] = p.skipped
     if not p.units:
-        logger.info("nothing to assign: every partition of %s is committed", job.data)
+        progress.line(f"nothing to assign: every partition of {job.data} is committed")
         return {**summary, "partitions_assigned": [], "rows": 0, "assigned": 0, "rejected": 0}
     runtime.ensure_ray()
     runtime.require_shared_paths(
@@ -183,12 +183,21 @@ def _run_unit(
     from jobs.input.read import read_dataset
 
     unit_loc = _unit(p.run, unit)
+    # what a crashed attempt may have left visible to plain readers goes first
+    writer.repair(unit_loc, reader.read_manifest(unit_loc))
     attempt = writer.start_attempt(unit_loc)
-    logger.info(
-        "assigning %d rows of %s (%d files) -> %s (attempt %s)",
-        info.num_rows, info.uri, len(info.files), unit_loc.uri, attempt.attempt_id,
-    )  # fmt: skip
-    sink = AssignmentSink(attempt, job.id_columns, job.min_rows_per_file, on_event)
+    progress.line(
+        f"assigning {info.num_rows:,} rows of {info.uri} ({len(info.files)} files) -> "
+        f"{unit_loc.uri}"
+    )
+    logger.info("attempt %s", attempt.attempt_id)
+    sink = AssignmentSink(
+        attempt,
+        job.id_columns,
+        job.min_rows_per_file,
+        on_event,
+        partition_by_cluster=job.partition_by == "cluster",
+    )
     use_gpu = job.gpus_per_worker > 0
     columns = list(dict.fromkeys([job.column, *job.id_columns]))
     dataset = read_dataset(
@@ -247,11 +256,11 @@ def _run_unit(
     duplicated = ids.duplicated_ids_message(sink.id_sketch, info.num_rows, job.id_columns)
     if duplicated:
         logger.warning("%s: %s", unit_loc.uri, duplicated)
-    logger.info(
-        "committed %s: %d assigned, %d rejected, %d file(s)",
-        unit_loc.uri, manifest["rows"]["assigned"], manifest["rows"]["rejected"],
-        len(manifest["files"]) + len(manifest["rejected_files"]),
-    )  # fmt: skip
+    progress.line(
+        f"committed {unit_loc.uri}: {manifest['rows']['assigned']:,} assigned, "
+        f"{manifest['rows']['rejected']:,} rejected, {len(manifest['files'])} part file(s)"
+        + (" in cluster=J/ directories" if manifest["partition_by"] else "")
+    )
     return manifest
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
@@ -19,11 +20,15 @@ from jobs.assign import ids
 from jobs.commit import writer
 
 REASON = writer.REASON_COLUMN
+CLUSTER = writer.PARTITION_COLUMN
 
 
 class AssignmentSink(Datasink):
     """Ray Data sink: each write task streams its rows into one assigned part and (when
     it saw rejected rows) one rejected part of the attempt, and returns what it wrote.
+    With ``partition_by_cluster``, one assigned part per cluster the task saw, under
+    ``cluster=J/`` and without the ``cluster`` column (the hive convention: readers take
+    it from the directory name).
 
     Only the returned parts are committed: files of failed or retried tasks are ignored.
     """
@@ -34,8 +39,11 @@ class AssignmentSink(Datasink):
         id_columns: tuple[str, ...],
         min_rows_per_file: int,
         on_event: Callable[[str], None] | None = None,
+        *,
+        partition_by_cluster: bool = False,
     ) -> None:
         self.attempt = attempt
+        self.partition_by_cluster = partition_by_cluster
         self.id_columns = tuple(id_columns)
         self.min_rows = int(min_rows_per_file)
         self.on_event = on_event
@@ -58,10 +66,17 @@ class AssignmentSink(Datasink):
         from ray.data.block import BlockAccessor
 
         name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:10]}.parquet"
-        writers = {
-            kind: writer.PartWriter(self.attempt, kind, name)
-            for kind in (writer.ASSIGNED, writer.REJECTED)
-        }
+        # key: REJECTED, ASSIGNED, or the cluster id when partitioned
+        writers: dict[Any, writer.PartWriter] = {}
+
+        def part_writer(key: Any) -> writer.PartWriter:
+            if key not in writers:
+                if isinstance(key, str):
+                    writers[key] = writer.PartWriter(self.attempt, key, name)
+                else:
+                    writers[key] = writer.PartWriter(self.attempt, writer.ASSIGNED, name, key)
+            return writers[key]
+
         reasons: Counter[str] = Counter()
         id_sketch = ids.merge([])
         try:
@@ -70,23 +85,37 @@ class AssignmentSink(Datasink):
                 id_sketch = ids.sketch(table, self.id_columns, id_sketch)
                 reason = table.column(REASON)
                 if reason.null_count == table.num_rows:
-                    writers[writer.ASSIGNED].write(table.drop_columns([REASON]))
+                    self._write_assigned(table.drop_columns([REASON]), part_writer)
                     continue
                 ok = pc.is_null(reason)
-                writers[writer.ASSIGNED].write(table.filter(ok).drop_columns([REASON]))
+                self._write_assigned(table.filter(ok).drop_columns([REASON]), part_writer)
                 bad = table.filter(pc.invert(ok)).select([*self.id_columns, REASON])
-                writers[writer.REJECTED].write(bad)
+                part_writer(writer.REJECTED).write(bad)
                 reasons.update(bad.column(REASON).to_pylist())
             parts = [w.close() for w in writers.values()]
         except BaseException:
-            for part_writer in writers.values():
-                part_writer.abort()
+            for one in writers.values():
+                one.abort()
             raise
         return {
             "parts": [p.to_dict() for p in parts if p],
             "reasons": dict(reasons),
             "ids": id_sketch,
         }
+
+    def _write_assigned(self, table: pa.Table, part_writer) -> None:
+        if not self.partition_by_cluster:
+            part_writer(writer.ASSIGNED).write(table)
+            return
+        if table.num_rows == 0:
+            return
+        clusters = table.column(CLUSTER).to_numpy()
+        rest = table.drop_columns([CLUSTER])
+        order = np.argsort(clusters, kind="stable")
+        values, starts = np.unique(clusters[order], return_index=True)
+        bounds = [*starts[1:], len(order)]
+        for value, start, stop in zip(values, starts, bounds, strict=True):
+            part_writer(int(value)).write(rest.take(order[start:stop]))
 
     def on_write_complete(self, write_result: Any) -> None:
         returns = [r for r in write_result.write_returns if r]

@@ -14,8 +14,9 @@ import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -25,11 +26,30 @@ from jobs.commit.writer import (
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
+    PARTITION_COLUMN,
     REASON_COLUMN,
 )
 from tell.errors import TellDataError, TellStorageError
 
 _IO_THREADS = 16
+
+
+class ListedPart(NamedTuple):
+    """A file a manifest lists: where it is, its row count, and the value of its
+    ``cluster=J/`` directory (None when the run is not partitioned by cluster; then the
+    file holds the ``cluster`` column itself)."""
+
+    loc: storage.Location
+    rows: int
+    cluster: int | None = None
+
+    def with_partition_column(self, table: pa.Table) -> pa.Table:
+        """``table`` (read from this file) with the ``cluster`` column its directory names
+        added, as the output schema has it (int32); unchanged when not partitioned."""
+        if self.cluster is None or PARTITION_COLUMN in table.column_names:
+            return table
+        values = pa.array(np.full(table.num_rows, self.cluster, np.int32))
+        return table.append_column(PARTITION_COLUMN, values)
 
 
 class PartMissing(TellDataError):
@@ -59,8 +79,8 @@ def read_manifest(unit: storage.Location) -> dict[str, Any] | None:
 
 def committed_parts(
     unit: storage.Location, *, include_rejected: bool = False
-) -> tuple[dict[str, Any], list[tuple[storage.Location, int]]]:
-    """The unit's manifest and the parts it lists, as (location, rows); assigned parts first.
+) -> tuple[dict[str, Any], list[ListedPart]]:
+    """The unit's manifest and the parts it lists (:class:`ListedPart`); assigned parts first.
 
     The one place where readers learn what a commit holds: ``read_committed`` and
     ``tell evaluate`` read exactly these files, never a directory listing.
@@ -86,18 +106,25 @@ def committed_parts(
     return manifest, [_listed_part(unit, entry) for entry in listed]
 
 
-def _listed_part(unit: storage.Location, entry: Any) -> tuple[storage.Location, int]:
-    """A manifest entry {"path": relative path, "rows": n} as (location inside unit, n)."""
+def _listed_part(unit: storage.Location, entry: Any) -> ListedPart:
+    """A manifest entry {"path": relative path, "rows": n[, "cluster": J]} as a ListedPart
+    inside the unit."""
     manifest_uri = unit.join(MANIFEST_FILE).uri
     path = entry.get("path") if isinstance(entry, dict) else None
     rows = entry.get("rows") if isinstance(entry, dict) else None
-    if not isinstance(path, str) or not isinstance(rows, int) or rows < 0:
+    cluster = entry.get(PARTITION_COLUMN) if isinstance(entry, dict) else None
+    if (
+        not isinstance(path, str)
+        or not isinstance(rows, int)
+        or rows < 0
+        or not (cluster is None or isinstance(cluster, int))
+    ):
         raise TellDataError(
             f"{manifest_uri} lists a malformed file entry {entry!r}; the run is damaged: "
             "re-run the assignment."
         )
     try:
-        return unit.join(path), rows
+        return ListedPart(unit.join(path), rows, cluster)
     except TellStorageError:
         raise TellDataError(
             f"{manifest_uri} lists {path!r}, an unsafe path outside the run; refusing to read it."
@@ -138,7 +165,7 @@ def read_committed(
     for attempt_no in range(2):
         manifest, parts = committed_parts(unit, include_rejected=include_rejected)
         try:
-            tables = [_read_part(unit, loc, rows, columns) for loc, rows in parts]
+            tables = [_read_part(unit, part, columns) for part in parts]
         except PartMissing:
             if attempt_no == 0 and (read_manifest(unit) or {}).get("attempt") != manifest.get(
                 "attempt"
@@ -152,6 +179,9 @@ def read_committed(
     if not tables:
         return pa.table({name: pa.array([], pa.null()) for name in (columns or [])})
     table = pa.concat_tables(tables, promote_options="default")
+    if columns is None and manifest.get("partition_by"):  # cluster was appended: put it back
+        first = [c for c in manifest.get("columns", []) if c in table.column_names]
+        table = table.select(first + [c for c in table.column_names if c not in first])
     if include_rejected and REASON_COLUMN not in table.column_names:
         table = table.append_column(REASON_COLUMN, pa.nulls(table.num_rows, pa.string()))
     return table
@@ -184,13 +214,13 @@ def open_part(unit: storage.Location, loc: storage.Location, rows: int) -> Itera
             raise TellDataError(f"{loc.uri} is not a valid Parquet file ({exc}).") from None
 
 
-def _read_part(
-    unit: storage.Location, loc: storage.Location, rows: int, columns: Sequence[str] | None
-) -> pa.Table:
-    with open_part(unit, loc, rows) as pf:
+def _read_part(unit: storage.Location, part: ListedPart, columns: Sequence[str] | None) -> pa.Table:
+    with open_part(unit, part.loc, part.rows) as pf:
         present = pf.schema_arrow.names
         wanted = None if columns is None else [c for c in columns if c in present]
         table = pf.read(columns=wanted)
+    if columns is None or PARTITION_COLUMN in columns:
+        table = part.with_partition_column(table)
     if columns is not None:
         for name in columns:
             if name not in table.column_names:

@@ -1,4 +1,5 @@
-"""Exactly-once output for ``tell assign``: staged parts, then a ``_SUCCESS`` manifest written last.
+"""Exactly-once output for ``tell assign``: staged parts, promoted into the run, then a
+``_SUCCESS`` manifest written last.
 
 Nothing here imports Ray: the protocol is plain storage operations on a
 :class:`jobs.storage.Location`, so the unit tests drive it on local directories. This module
@@ -8,8 +9,17 @@ Layout of one committed unit (a run, or one input partition of an incremental ru
 
     <out>/<run_id>/                            the unit (incremental: <out>/<run_id>/dt=.../)
         _SUCCESS                               the manifest (JSON), written LAST
-        _staging/<attempt>/part-*.parquet      assigned rows of one attempt
-        _staging/<attempt>/_rejected/part-*.parquet   rows that could not be assigned + reason
+        part-*.parquet                         assigned rows (--partition-by cluster:
+                                               cluster=<J>/part-*.parquet, no cluster column)
+        _rejected/part-*.parquet.rejected      rows that could not be assigned + reason
+        _staging/<attempt>/...*.staged         the same tree, while an attempt writes it
+
+So a plain Parquet reader pointed at ``<out>/<run_id>/`` (pyarrow.dataset, pandas, Ray
+Data, Spark; DuckDB with ``*.parquet`` or ``cluster=*/*.parquet``) reads exactly the
+committed assigned rows: it skips ``_``-prefixed names (``_SUCCESS``, ``_rejected``,
+``_staging``), nothing but committed parts is ever left outside them, and no other file
+ends in ``.parquet`` (Ray Data skips ``_`` names only at the top of the path it reads, so
+an incremental run read from its root relies on the suffix).
 
 Protocol
 --------
@@ -21,28 +31,43 @@ Protocol
 2. :func:`commit` reads the footer of every returned file (row counts come from the files,
    not from the writers' word) and refuses to commit (:class:`RowCountMismatch`) unless
    ``input rows == assigned rows + rejected rows``.
-3. The commit point is ONE write of ``_SUCCESS``: a single PUT on S3 (visible only when
-   complete), a write-to-temp + rename locally. It lists the exact files of this attempt with
-   their row counts, the row counts in and out, the model id, the input files, the run id,
-   the time and the tell-ray version.
-4. After the commit, staging prefixes of other attempts (crashed runs, the previous commit of
-   a re-run, orphan files of retried tasks) are deleted, best effort.
+3. Promotion: each returned file is moved from ``_staging/<attempt>/<path>`` to
+   ``<path>`` in the unit (locally one rename per file; on S3, which has no rename, one
+   server-side copy per file, the staged copy deleted in step 5). Each promoted file
+   appears whole (a rename; an S3 object exists only once complete); its name is unique to
+   the attempt, so it never overwrites a file of the previous commit.
+4. The commit point is ONE write of ``_SUCCESS``: a single PUT on S3 (visible only when
+   complete), a write-to-temp + rename locally. It lists the exact promoted files of this
+   attempt with their row counts, the row counts in and out, the model id, the input
+   files, the run id, the time and the tell-ray version.
+5. After the commit, every part file of the unit that the manifest does not list (the
+   previous commit of a re-run, promoted files of a crashed attempt) and every staging
+   prefix are deleted, best effort. :func:`repair` does the same before an attempt starts,
+   so a run that crashed in steps 3-5 converges on the next run.
 
-Why this is exactly-once: readers trust ONLY the files the manifest lists (S3 has no
-rename, so "the files in the directory" is never the truth). A crashed or failed attempt
-writes no manifest, so a unit without ``_SUCCESS`` is not committed, and whatever it left
-in ``_staging/`` is invisible (pyarrow/Spark/Hive also skip ``_``-prefixed paths). Counts are
+Why this is exactly-once for tell's reader: it trusts ONLY the files the manifest lists
+(S3 has no rename, so "the files in the directory" is never the truth). A crashed or failed
+attempt writes no manifest, so a unit without ``_SUCCESS`` is not committed. Counts are
 reconciled from footers before the commit, so a lost or duplicated row cannot be committed.
 
-Re-running a run id never adds rows: the new attempt stages in its own prefix and replaces
-the manifest in one write, so readers see the old complete output or the new complete
-output, never a mix and never a gap; the old attempt's files are then deleted. If the
-re-run fails, the previous commit stays as it was. (Deleting the old output first would
-open a window with no committed output at all, and copying staged parts to their final
-place would cost a full server-side copy on S3; pointing the manifest at the staged files
-costs nothing.) One writer per unit at a time is assumed (schedulers: concurrencyPolicy
-Forbid); two concurrent writers cannot mix rows, but the later commit may garbage-collect
-the other's staging prefix and make it fail.
+What a plain reader (one that lists the directory) sees: after a commit, exactly the
+committed rows; while an attempt stages (steps 1-2, nearly all of a run's time), and after
+it failed or was killed there, nothing new: the previous commit, or no rows. Plain Parquet
+has no atomic multi-file replace, so during steps 3-5 (one rename or server-side copy per
+part, then one delete per old part: milliseconds locally, seconds on S3) a plain reader
+can see part of the new files beside the previous commit's; a crash in that window leaves
+them there until :func:`repair` runs at the next attempt. Readers that cannot accept that
+window read through the manifest (``jobs.commit.reader``), or check that ``_SUCCESS`` is
+unchanged before and after their read.
+
+Re-running a run id never adds rows for tell's reader: the new attempt stages in its own
+prefix and replaces the manifest in one write, so the manifest names the old complete
+output or the new complete output, never a mix and never a gap; the old files are then
+deleted. If the re-run fails before step 4, the previous commit stays as it was (repair
+removes any file it promoted). (Deleting the old output first would open a window with no
+committed output at all.) One writer per unit at a time is assumed (schedulers:
+concurrencyPolicy Forbid); two concurrent writers cannot mix rows in a manifest, but the
+later commit may garbage-collect the other's files and make it fail.
 
 Incremental mode: input laid out as hive partitions (``<data>/dt=2026-11-28/*.parquet``,
 nested ``k=v`` levels allowed) is assigned partition by partition; each partition is its own
@@ -59,6 +84,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -80,9 +106,22 @@ MANIFEST_FILE = "_SUCCESS"
 STAGING_DIR = "_staging"
 REJECTED_DIR = "_rejected"
 MANIFEST_FORMAT = "tell-assign-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: parts promoted out of _staging/, optional cluster=J/ directories
 ASSIGNED, REJECTED = "assigned", "rejected"
 REASON_COLUMN = "reason"
+PARTITION_COLUMN = "cluster"  # the one column --partition-by accepts
+# Only committed assigned parts end in ".parquet": staged and rejected files carry another
+# suffix, so readers that keep "*.parquet" (Ray Data, DuckDB's globs) skip them even where
+# they skip "_" names only at the top of what they read (Ray Data, reading an incremental
+# run whose partitions hold _staging/ and _rejected/).
+STAGED_SUFFIX = ".staged"
+REJECTED_SUFFIX = ".rejected"
+# Where a commit promotes part files in its unit (relative paths): at its top, in
+# cluster=J/ and in _rejected/. Other files (another unit's, below dt=.../) are never touched.
+_PART_FILE = re.compile(
+    rf"^(?:{PARTITION_COLUMN}=-?\d+/)?[^/._][^/]*\.parquet$"
+    rf"|^{REJECTED_DIR}/[^/._][^/]*\.parquet{REJECTED_SUFFIX}$"
+)
 
 _IO_THREADS = 16
 
@@ -93,18 +132,26 @@ class RowCountMismatch(TellDataError):
 
 @dataclass(frozen=True)
 class Part:
-    """One written Parquet file: ``path`` relative to the unit, ``rows`` claimed by the writer."""
+    """One written Parquet file: ``path`` relative to the unit, ``rows`` claimed by the writer,
+    ``cluster`` the value of its ``cluster=J/`` directory (None when not partitioned)."""
 
     path: str
     rows: int
     kind: str = ASSIGNED
+    cluster: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "kind": self.kind}
+        return {"path": self.path, "rows": self.rows, "kind": self.kind, "cluster": self.cluster}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Part:
-        return cls(str(data["path"]), int(data["rows"]), str(data.get("kind", ASSIGNED)))
+        cluster = data.get("cluster")
+        return cls(
+            str(data["path"]),
+            int(data["rows"]),
+            str(data.get("kind", ASSIGNED)),
+            None if cluster is None else int(cluster),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,11 +165,19 @@ class Attempt:
     def prefix(self) -> str:
         return f"{STAGING_DIR}/{self.attempt_id}"
 
-    def relpath(self, kind: str, name: str) -> str:
-        """Path, relative to the unit, of a part file of this attempt."""
+    def relpath(self, kind: str, name: str, cluster: int | None = None) -> str:
+        """Path, relative to the unit, of a staged part file of this attempt."""
         if kind == REJECTED:
-            return f"{self.prefix}/{REJECTED_DIR}/{name}"
-        return f"{self.prefix}/{name}"
+            return f"{self.prefix}/{REJECTED_DIR}/{name}{STAGED_SUFFIX}"
+        if cluster is not None:
+            return f"{self.prefix}/{PARTITION_COLUMN}={cluster}/{name}{STAGED_SUFFIX}"
+        return f"{self.prefix}/{name}{STAGED_SUFFIX}"
+
+    def promoted(self, relpath: str) -> str:
+        """Where a staged part lands in the unit once committed: the staging prefix and
+        suffix off; a rejected part keeps a suffix of its own (see STAGED_SUFFIX)."""
+        path = relpath[len(self.prefix) + 1 :].removesuffix(STAGED_SUFFIX)
+        return path + REJECTED_SUFFIX if path.startswith(REJECTED_DIR + "/") else path
 
 
 def start_attempt(unit: storage.Location) -> Attempt:
@@ -140,9 +195,9 @@ class PartWriter:
     :class:`Part` (or None when no row was written, in which case no file exists).
     """
 
-    def __init__(self, attempt: Attempt, kind: str, name: str) -> None:
-        self.kind = kind
-        self.relpath = attempt.relpath(kind, name)
+    def __init__(self, attempt: Attempt, kind: str, name: str, cluster: int | None = None) -> None:
+        self.kind, self.cluster = kind, cluster
+        self.relpath = attempt.relpath(kind, name, cluster)
         self.loc = attempt.unit.join(self.relpath)
         self.rows = 0
         self._stream: Any = None
@@ -170,7 +225,7 @@ class PartWriter:
             self._writer.close()
             self._stream.close()  # S3: completes the upload; only now the object exists
         self._writer = self._stream = None
-        return Part(self.relpath, self.rows, self.kind)
+        return Part(self.relpath, self.rows, self.kind, self.cluster)
 
     def abort(self) -> None:
         """Drop a half-written file, best effort and without network calls (the storage may
@@ -275,6 +330,7 @@ def commit(
             f"was committed (attempt {attempt.attempt_id} left in {STAGING_DIR}/). Re-run the "
             "assignment; if it persists, the input changed while it was read."
         )
+    promoted = _promote(attempt, parts)
     manifest = {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
@@ -284,47 +340,93 @@ def commit(
         "tell_version": _tell_version(),
         "rows": {"input": input_rows, "assigned": assigned, "rejected": rejected},
         "rejected_reasons": dict(sorted((rejected_reasons or {}).items())),
+        "partition_by": [PARTITION_COLUMN] if any(p.cluster is not None for p in parts) else [],
         "files": [
-            {"path": p.path, "rows": r}
-            for p, r in zip(parts, counts, strict=True)
-            if p.kind == ASSIGNED
+            _entry(path, part, rows)
+            for path, part, rows in zip(promoted, parts, counts, strict=True)
+            if part.kind == ASSIGNED
         ],
         "rejected_files": [
-            {"path": p.path, "rows": r}
-            for p, r in zip(parts, counts, strict=True)
-            if p.kind == REJECTED
+            _entry(path, part, rows)
+            for path, part, rows in zip(promoted, parts, counts, strict=True)
+            if part.kind == REJECTED
         ],
     }
     data = json.dumps(manifest, indent=2, default=str).encode()
-    storage.write_bytes(attempt.unit.join(MANIFEST_FILE), data)  # THE commit point
+    try:
+        storage.write_bytes(attempt.unit.join(MANIFEST_FILE), data)  # THE commit point
+    except TellStorageError:
+        _delete_quietly(attempt.unit, promoted)  # the previous commit stays the only one
+        raise
     collect_garbage(attempt.unit, manifest)
     return manifest
 
 
-def collect_garbage(unit: storage.Location, manifest: dict[str, Any]) -> list[str]:
-    """Delete staged files the manifest does not list (other attempts, orphans). Best effort.
+def _entry(path: str, part: Part, rows: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "rows": rows}
+    if part.cluster is not None:
+        entry[PARTITION_COLUMN] = part.cluster
+    return entry
 
-    Returns the relative paths deleted (attempt prefixes count as one entry).
+
+def _promote(attempt: Attempt, parts: Sequence[Part]) -> list[str]:
+    """Step 3: move every part out of the attempt's staging prefix into the unit; returns
+    the promoted relative paths (in the order of ``parts``). On failure, the files promoted
+    so far are deleted (best effort; :func:`repair` catches the rest) and the error raised."""
+    unit = attempt.unit
+    targets = [attempt.promoted(p.path) for p in parts]
+
+    def one(pair: tuple[str, str]) -> None:
+        src, dst = unit.join(pair[0]), unit.join(pair[1])
+        storage.promote_file(src, dst)
+
+    if not parts:
+        return targets
+    try:
+        with ThreadPoolExecutor(min(_IO_THREADS, len(parts))) as pool:
+            list(pool.map(one, zip([p.path for p in parts], targets, strict=True)))
+    except Exception:
+        _delete_quietly(unit, targets)
+        raise
+    return targets
+
+
+def _delete_quietly(unit: storage.Location, relpaths: Iterable[str]) -> None:
+    for rel in relpaths:
+        with contextlib.suppress(TellStorageError):
+            storage.delete_tree(unit.join(rel))
+
+
+def collect_garbage(unit: storage.Location, manifest: dict[str, Any] | None) -> list[str]:
+    """Delete every part file of ``unit`` that ``manifest`` does not list (all of them when
+    it is None: nothing is committed) and every staging prefix. Best effort.
+
+    Returns the relative paths deleted (a staging prefix counts as one entry).
     """
-    keep_attempt = str(manifest.get("attempt"))
+    manifest = manifest or {}
     listed = {f["path"] for f in manifest.get("files", []) + manifest.get("rejected_files", [])}
     deleted: list[str] = []
     try:
-        for rel in _staged_files(unit):
-            attempt_id = rel.split("/")[1]
-            if attempt_id != keep_attempt:
-                prefix = f"{STAGING_DIR}/{attempt_id}"
-                if prefix not in deleted:
-                    storage.delete_tree(unit.join(prefix))
-                    deleted.append(prefix)
-            elif rel not in listed:
+        for rel in part_files(unit):
+            if rel not in listed:
                 storage.delete_tree(unit.join(rel))
                 deleted.append(rel)
+        staging = unit.join(STAGING_DIR)
+        if storage.exists(staging):
+            storage.delete_tree(staging)
+            deleted.append(STAGING_DIR)
     except TellStorageError as exc:
-        logger.warning("could not delete stale staged files under %s: %s", unit.uri, exc)
+        logger.warning("could not delete stale files under %s: %s", unit.uri, exc)
     if deleted:
-        logger.info("deleted %d stale staged item(s) under %s", len(deleted), unit.uri)
+        logger.info("deleted %d stale item(s) under %s", len(deleted), unit.uri)
     return deleted
+
+
+def repair(unit: storage.Location, manifest: dict[str, Any] | None) -> list[str]:
+    """Before an attempt starts: undo what a crashed attempt left in the unit (promoted files
+    that no manifest lists, staging prefixes), so that plain readers see exactly the commit
+    ``manifest`` (the unit's current one, or None) again. Best effort, like step 5."""
+    return collect_garbage(unit, manifest)
 
 
 def discard(attempt: Attempt) -> None:
@@ -335,14 +437,25 @@ def discard(attempt: Attempt) -> None:
         logger.warning("could not delete failed attempt %s: %s", attempt.prefix, exc)
 
 
-def _staged_files(unit: storage.Location) -> list[str]:
+def part_files(unit: storage.Location) -> list[str]:
+    """Relative paths of the part files promoted into ``unit`` (``part-*.parquet``,
+    ``cluster=J/part-*.parquet``, ``_rejected/part-*.parquet``), whatever commit they are
+    from; other files (the user's, other units') are not listed."""
+    return [rel for rel in _files_below(unit) if _PART_FILE.match(rel)]
+
+
+def staged_files(unit: storage.Location) -> list[str]:
     """Relative paths of every file under ``<unit>/_staging/`` (``_staging/<attempt>/...``)."""
     staging = unit.join(STAGING_DIR)
-    if not storage.exists(staging):
+    return [f"{STAGING_DIR}/{rel}" for rel in _files_below(staging)]
+
+
+def _files_below(loc: storage.Location) -> list[str]:
+    if not storage.exists(loc):
         return []
-    with storage.storage_errors(staging, "listing"):
-        infos = unit.filesystem.get_file_info(pafs.FileSelector(staging.path, recursive=True))
-    base = unit.path.rstrip("/") + "/"
+    with storage.storage_errors(loc, "listing"):
+        infos = loc.filesystem.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    base = loc.path.rstrip("/") + "/"
     return sorted(
         info.path[len(base) :]
         for info in infos

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import storage
+from jobs import progress, storage
 from jobs.commit import reader
 from jobs.config import EvaluateJob
 from jobs.input.inspect import open_input, open_parquet
@@ -61,10 +61,12 @@ def main(job: EvaluateJob) -> dict[str, Any]:
     labels_table: pa.Table | None = None
     tally = Contingency()
     rows = unmatched = 0
-    for loc, listed_rows in parts:
-        path = loc.uri
-        with reader.open_part(run, loc, listed_rows) as pf:
+    for part in parts:
+        path = part.loc.uri
+        with reader.open_part(run, part.loc, part.rows) as pf:
             names = pf.schema_arrow.names
+            if part.cluster is not None:
+                names = [*names, CLUSTER]  # from its cluster=J/ directory
             for needed in (CLUSTER, DISTANCE):
                 if needed not in names:
                     raise TellDataError(
@@ -86,8 +88,9 @@ def main(job: EvaluateJob) -> dict[str, Any]:
                     )
                 labels_table = _labels_from_data(job)
             read = [CLUSTER, DISTANCE, job.label_column if passed_through else job.id_column]
-            for batch in pf.iter_batches(columns=read, batch_size=1 << 20):
-                table = pa.Table.from_batches([batch])
+            stored = [c for c in read if c in pf.schema_arrow.names]
+            for batch in pf.iter_batches(columns=stored, batch_size=1 << 20):
+                table = part.with_partition_column(pa.Table.from_batches([batch]))
                 if not passed_through:
                     table = _join(table, labels_table, job)
                     unmatched += int(table["_matched"].null_count)
@@ -107,6 +110,8 @@ def main(job: EvaluateJob) -> dict[str, Any]:
             job.id_column,
         )
     logger.info("\n%s", format_table(result))
+    scores = ", ".join(f"{k} {result[k]:.4f}" for k in ("acc", "nmi", "ari") if k in result)
+    progress.line(f"scored {rows:,} assigned rows of {run.uri}" + (f": {scores}" if scores else ""))
     if job.out:
         _write_json(job.out, result)
     return result

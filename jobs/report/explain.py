@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs import storage
+from jobs import progress, storage
 from jobs.config import ExplainJob
 from jobs.input.inspect import InputSet, open_input
 from jobs.input.sample import Sample, read_sample
@@ -173,6 +173,7 @@ def main(job: ExplainJob) -> dict[str, Any]:
         nearest_rows=_nearest_rows(labels, distance, sample, k, job.text_column, image_shape),
         y_true=y_true,
         title=f"TELL report: {meta.get('run_name', 'model')} on {job.data}",
+        history=meta.get("history"),
         metadata={
             "model_uri": job.model,
             "data_uri": job.data,
@@ -191,5 +192,5 @@ def main(job: ExplainJob) -> dict[str, Any]:
     }
     if y_true is not None:
         summary["sample_scores"] = clustering_scores(y_true, labels)
-    logger.info("report written to %s", path)
+    progress.line(f"report written to {path}")
     return summary

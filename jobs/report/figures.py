@@ -232,3 +232,46 @@ def contingency_png(table: np.ndarray, cluster_ids: np.ndarray, label_names: lis
     ax.set_ylabel("cluster")
     fig.colorbar(im, ax=ax, fraction=0.04, label="share of the cluster")
     return _png(fig, tight=True)
+
+
+_CURVES = (  # (panel title, [(history key, label)], log scale)
+    ("loss parts", [("clu_loss", "L_clu"), ("rec_loss", "L_rec")], True),
+    ("inertia per row", [("inertia_per_row", "inertia / row")], False),
+    ("centers repaired", [("dead_centers", "dead"), ("moved", "moved")], False),
+    ("throughput", [("rows_per_s", "rows/s")], False),
+)
+
+
+def history_png(history: list[dict]) -> bytes:
+    """Training curves from a model's per-epoch history (``metadata["history"]``): loss
+    parts, inertia per row, dead and moved centers, rows/s, by epoch; pretraining epochs
+    shaded. Missing or non-numeric values are left out of their curve."""
+    epochs = np.array([int(h.get("epoch", i)) + 1 for i, h in enumerate(history)])
+    pretrain = [e for e, h in zip(epochs, history, strict=True) if h.get("phase") == "pretrain"]
+    fig = Figure(figsize=(10, 5.6))
+    fig.subplots_adjust(left=0.08, right=0.99, top=0.94, bottom=0.1, hspace=0.45, wspace=0.2)
+    for i, (title, keys, log) in enumerate(_CURVES):
+        ax = fig.add_subplot(2, 2, i + 1)
+        drawn = False
+        for key, label in keys:
+            values = np.array(
+                [h.get(key) if isinstance(h.get(key), (int, float)) else np.nan for h in history],
+                dtype=np.float64,
+            )
+            keep = np.isfinite(values) & (values > 0 if log else True)
+            if not keep.any():
+                continue
+            ax.plot(epochs[keep], values[keep], marker="o", markersize=2.5, linewidth=1.4,
+                    label=label)  # fmt: skip
+            drawn = True
+        if pretrain:
+            ax.axvspan(min(pretrain) - 0.5, max(pretrain) + 0.5, color="#f3f4f6", zorder=0)
+        if log and drawn:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10, color=_INK)
+        if drawn and len(keys) > 1:
+            ax.legend(frameon=False, fontsize=8)
+        if i >= 2:
+            ax.set_xlabel("epoch" + (" (shaded: autoencoder pretraining)" if pretrain else ""))
+        _style(ax)
+    return _png(fig)

@@ -149,6 +149,7 @@ def build_report(
     y_true: np.ndarray | None = None,
     title: str = "TELL clustering report",
     metadata: dict[str, Any] | None = None,
+    history: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """Render the explain report as one self-contained HTML page.
 
@@ -166,6 +167,8 @@ def build_report(
     y_true : array of shape (n,), ground-truth labels (any type) for per-cluster metrics, or None.
     title : page title.
     metadata : model metadata shown in a table (values may be nested JSON-like data).
+    history : the model's per-epoch training summaries (``metadata["history"]``), plotted as
+        training curves; None or empty: no such section.
 
     Returns
     -------
@@ -224,6 +227,13 @@ def build_report(
         ),
         ("model", "Model", metadata_table(metadata or {})),
     ]
+    if history:
+        curves = img(figs.history_png(list(history)), "training curves by epoch")
+        note = (
+            '<p class="note">Per epoch: the loss parts, the inertia per row, the centers found '
+            "dead and the centers moved by the repair, and the rows trained per second.</p>"
+        )
+        sections.insert(1, ("training", "Training curves", note + curves))
     nav = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t, _ in sections)
     card_html = "".join(
         f"<div class='card'><b>{escape(v)}</b><span>{escape(c)}</span></div>" for c, v in cards

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs import runtime, storage, watchdog
+from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
 from jobs.input.inspect import InputSet, open_input
 from jobs.input.scan import scan_input
@@ -117,13 +117,10 @@ def main(job: TrainJob) -> dict[str, Any]:
         # it also keeps them decoded in the object store, so epochs never re-read the files.
         scan = scan_input(info, cfg.init_sample_rows, cfg.seed, keep=materialized, beat=beat)
         scan_s = time.perf_counter() - started
-        logger.info(
-            "scanned %d rows (%d bad) and drew %d sample rows in %.1f s%s",
-            scan.rows,
-            scan.bad_rows,
-            len(scan.sample),
-            scan_s,
-            "; features kept in the object store" if materialized else "",
+        progress.line(
+            f"scanned {scan.rows:,} rows ({scan.bad_rows} bad) and drew {len(scan.sample):,} "
+            f"sample rows in {scan_s:.1f} s"
+            + ("; features kept in the object store" if materialized else "")
         )
         if scan.bad_rows:
             raise TellDataError(
@@ -158,7 +155,7 @@ def main(job: TrainJob) -> dict[str, Any]:
         # Each epoch re-executes this dataset. From memory an epoch takes seconds and the job
         # logs a line per epoch, so Ray Data's progress would only repeat itself (hundreds of
         # lines per run); a streaming epoch reads the whole input and keeps its progress output.
-        dataset.context.enable_progress_bars = not materialized
+        dataset.context.enable_progress_bars = progress.verbose() and not materialized
         metadata = {
             "run_name": job.name,
             "config": cfg.to_dict(),
@@ -190,6 +187,8 @@ def main(job: TrainJob) -> dict[str, Any]:
                 "fault": os.environ.get("TELL_FAULT_INJECT"),
                 "threads_per_worker": max(1, int(job.cpus_per_worker)),
                 "heartbeat": beat.handle,
+                "checkpoint_every": job.checkpoint_every,
+                "checkpoint_min_interval_s": job.checkpoint_min_interval_s,
             },
             scaling_config=ScalingConfig(
                 num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -206,13 +205,19 @@ def main(job: TrainJob) -> dict[str, Any]:
         fit_started = time.perf_counter()
         result = trainer.fit()
     fit_s = time.perf_counter() - fit_started
-    logger.info("training finished in %.1f s", fit_s)
+    progress.line(f"training finished in {fit_s:.1f} s")
     if result.checkpoint is None:
         raise TellDataError(f"Training run {job.name!r} finished without a checkpoint.")
     with result.checkpoint.as_directory() as directory:
         model_uri, meta = publish(
             directory, out, job.name, annotate=lambda net, _: _verdict(net, scan.sample, cfg)
         )
+    inertia = meta["metrics"].get("inertia_per_row")
+    progress.line(
+        f"model {model_uri}: {int(meta['epoch']) + 1} epochs over {scan.rows:,} rows"
+        + (f", inertia/row {inertia:.4g}" if isinstance(inertia, float) else "")
+        + f", {len(meta.get('checkpoint_epochs', []))} checkpoint(s)"
+    )
     return {
         "model": model_uri,
         "run": str(out.join("runs", job.name)),

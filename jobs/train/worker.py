@@ -4,8 +4,9 @@ Ray Train worker, importable and runnable on its own (tests run it on a local cl
 Every rank runs the same number of steps per epoch (agreed by an all-reduce, so uneven
 shards never deadlock), gradients are all-reduced by DDP inside backward, then every rank
 normalises the same summed center gradient, steps and re-projects: the centers stay
-identical on all ranks. Rank 0 reports a checkpoint per epoch; a restarted run resumes from
-the latest one.
+identical on all ranks. Rank 0 reports a checkpoint every ``checkpoint_every`` epochs (not
+sooner than ``checkpoint_min_interval_s`` after the previous one) and after the final epoch;
+a restarted run resumes from the latest one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from jobs import progress
 from jobs.train.faults import maybe_inject_fault
 from jobs.watchdog import Beater, beating
 from tell import checkpoint
@@ -111,12 +113,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     net.fit_input_scaling_(torch.tensor(config["sample"]))  # same sample on every rank
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
     history, resumed_at = [], []
+    cadence = CheckpointCadence(config["checkpoint_every"], config["checkpoint_min_interval_s"])
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             loaded, meta = checkpoint.load(directory, optimizer=optimizer)
         net.load_state_dict(loaded.state_dict())
         history = list(meta.get("history", []))
+        cadence.epochs = list(meta.get("checkpoint_epochs", []))
         # the epochs at which this run restarted from a checkpoint (observable resumption)
         resumed_at = [*meta.get("resumed_at", []), len(history)]
     model = ray.train.torch.prepare_model(net)
@@ -183,12 +187,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {k: v for k, v in entry.items() if k != "cluster_sizes"}
         if rank == 0:
             logger.info("epoch %d/%d %s", epoch + 1, schedule.total_epochs, _format(metrics))
+            final, total = schedule.next_epoch() is None, schedule.total_epochs
+            progress.emit(
+                progress.epoch_line(epoch, total, schedule.history),
+                live=True,
+                keep=final or epoch == 0 or (epoch + 1) % progress.epoch_stride(total) == 0,
+            )
+            if not cadence.due(epoch, final=final):
+                ray.train.report(metrics, checkpoint=None)  # not a checkpoint epoch
+                continue
             meta = {
                 **config["metadata"],
                 "epoch": epoch,
                 "metrics": entry,
                 "history": schedule.history,  # every epoch: older checkpoints are deleted
                 "resumed_at": resumed_at,
+                "checkpoint_epochs": cadence.epochs,
                 "outcome": schedule.outcome(),
             }
             with tempfile.TemporaryDirectory() as directory:
@@ -196,6 +210,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics, checkpoint=None)
+
+
+class CheckpointCadence:
+    """When rank 0 writes a checkpoint: after every ``every``-th epoch, but not sooner than
+    ``min_interval_s`` seconds after the previous one, and always after the final epoch
+    (what the model is published from). ``epochs`` lists the epochs checkpointed so far."""
+
+    def __init__(self, every: int, min_interval_s: float) -> None:
+        self.every, self.min_interval_s = max(1, int(every)), float(min_interval_s)
+        self.epochs: list[int] = []
+        self._last = time.monotonic()
+
+    def due(self, epoch: int, *, final: bool) -> bool:
+        now = time.monotonic()
+        wanted = final or (
+            (epoch + 1) % self.every == 0 and now - self._last >= self.min_interval_s
+        )
+        if wanted:
+            self.epochs.append(epoch)
+            self._last = now
+        return wanted
 
 
 def _init_centers(

@@ -28,6 +28,7 @@ from tell import TELL
 from tell.datasets import make_spherical_blobs
 from tell.errors import TellError
 from tell.io import embeddings_to_table
+from tests.plain_readers import assert_exactly, assert_nothing
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +122,7 @@ class _StopOnceAPartIsStaged:
                 Bucket=self.bucket, Prefix=f"{self.prefix}/_staging/"
             )
             keys = [o["Key"] for o in listing.get("Contents", [])]
-            if any(k.endswith(".parquet") for k in keys):
+            if any(k.endswith(writer.STAGED_SUFFIX) for k in keys):
                 self.s3_server.stop()
                 self.staged = keys
                 return
@@ -161,11 +162,14 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     assert not storage.exists(unit.join(writer.MANIFEST_FILE))
     with pytest.raises(TellError, match="not a committed assignment"):
         reader.read_committed(unit)
+    assert_nothing(unit.uri)  # plain Parquet readers (issue 12): no staged row either
 
     # 2. After the restart, the same run id: exactly N rows, the input's ids, once.
     summary = assign.main(job)
     assert summary["rows"] == N_ROWS and summary["rejected"] == len(NAN_ROWS)
     table, first = _check_exactly_once(unit.uri, ids)
+    assigned_ids = np.delete(ids, NAN_ROWS)
+    assert_exactly(unit.uri, assigned_ids)  # every plain reader: the assigned rows, once
     assert first["model"]["id"] == summary["model"] and first["run_id"] == "daily"
     assert len(first["input"]["files"]) == N_FILES and first["n_clusters"] == K
 
@@ -195,13 +199,50 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     assert "\n" not in str(info.value) and "Nothing was committed" in str(info.value)
     storage.clear_cache()
     assert reader.read_manifest(unit)["attempt"] == first["attempt"]
+    assert_exactly(unit.uri, assigned_ids)  # plain readers: the previous commit, whole
 
     # 4. Re-running the same run id replaces the output: still exactly N rows.
     assert assign.main(job)["rows"] == N_ROWS
     _, second = _check_exactly_once(unit.uri, ids)
     assert second["attempt"] != first["attempt"]
-    leftovers = writer._staged_files(unit)  # failed and replaced attempts were collected
-    assert leftovers and all(second["attempt"] in rel for rel in leftovers)
+    assert writer.staged_files(unit) == []  # failed and replaced attempts were collected
+    listed = {f["path"] for f in second["files"] + second["rejected_files"]}
+    assert set(writer.part_files(unit)) == listed
+    assert_exactly(unit.uri, assigned_ids)
+
+    # 5. --partition-by cluster (issue 12): cluster=J/ directories, the same guarantees.
+    by_cluster = dataclasses.replace(job, run_id="daily-by-cluster", partition_by="cluster")
+    hive = storage.resolve(f"{s3_bucket}/out/daily-by-cluster")
+    assign.main(by_cluster)
+    table, _ = _check_exactly_once(hive.uri, ids)
+    _check_hive_clusters(hive.uri, table, assigned_ids)
+    stopper = _StopOnceAPartIsStaged(s3_server, hive)  # a re-run dies mid-write
+    try:
+        with pytest.raises(TellError):
+            assign.main(dataclasses.replace(by_cluster, min_rows_per_file=1_000), on_event=stopper)
+    finally:
+        stopper.wait_stopped()
+        s3_server.start()
+    assert stopper.staged
+    storage.clear_cache()
+    _check_hive_clusters(hive.uri, table, assigned_ids)  # the previous commit, whole
+    assign.main(by_cluster)
+    table, _ = _check_exactly_once(hive.uri, ids)
+    _check_hive_clusters(hive.uri, table, assigned_ids)
+
+
+def _check_hive_clusters(uri: str, committed: pa.Table, assigned_ids: np.ndarray) -> None:
+    """Plain readers of a --partition-by cluster run: exactly the assigned rows, each under
+    the cluster tell's reader gives it, and every file inside its own cluster=J/."""
+    found = assert_exactly(uri, assigned_ids, partitioned=True)
+    ok = committed.filter(committed["reason"].is_null())
+    want = dict(zip(ok["id"].to_pylist(), ok["cluster"].to_pylist(), strict=True))
+    for name, got in found.items():
+        assert dict(zip(got["id"].tolist(), got["cluster"].tolist(), strict=True)) == want, name
+    manifest = reader.read_manifest(storage.resolve(uri))
+    assert manifest["partition_by"] == ["cluster"]
+    assert all(f["path"] == f"cluster={f['cluster']}/{f['path'].split('/')[-1]}"
+               for f in manifest["files"])  # fmt: skip
 
 
 def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path, fitted):
@@ -231,6 +272,7 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
     ]
     all_ids = np.sort(np.concatenate([t["id"].to_numpy() for t in tables]))
     np.testing.assert_array_equal(all_ids, ids)
+    assert_exactly(str(out / "nightly"), np.delete(ids, NAN_ROWS))  # both days, plain readers
     assert sum(t.num_rows - t["reason"].null_count for t in tables) == len(NAN_ROWS)
 
     third = assign.main(job)  # nothing new: no Ray work, nothing rewritten

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.commit import reader, writer
+from tests.plain_readers import assert_exactly, assert_nothing
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +70,13 @@ def assign_inputs(tmp_path_factory):
     return root / "model", root / "data", ids
 
 
-def _assign_argv(model: Path, data: Path, out: Path) -> list[str]:
+def _assign_argv(model: Path, data: Path, out: Path, partition_by: str) -> list[str]:
     # Small batches and files: many write tasks, so the write phase lasts long enough to be
     # interrupted in the middle.
     return [
         *tell_command(), "assign", "--model", str(model), "--data", str(data), "--out",
         str(out), "--run-id", "nightly", "--batch-size", "1000", "--min-rows-per-file", "2000",
-        "--workers", "1",
+        "--workers", "1", "--partition-by", partition_by,
     ]  # fmt: skip
 
 
@@ -93,7 +94,7 @@ def _staged_parts(unit: Path) -> list[Path]:
     staging = unit / "_staging"
     if not staging.exists():
         return []
-    return sorted(p for p in staging.rglob("*.parquet") if _has_footer(p))
+    return sorted(p for p in staging.rglob("*" + writer.STAGED_SUFFIX) if _has_footer(p))
 
 
 def _has_footer(path: Path) -> bool:
@@ -132,15 +133,19 @@ def _committed_ids(unit: Path) -> np.ndarray:
     return table["id"].to_numpy()
 
 
+@pytest.mark.parametrize("partition_by", ["none", "cluster"])
 def test_driver_killed_during_assignment_then_rerun_same_run_id(
-    ray_cluster, assign_inputs, tmp_path
+    ray_cluster, assign_inputs, tmp_path, partition_by
 ):
-
+    """Also what plain Parquet readers (no manifest) see of the run directory (issue 12):
+    nothing after the kill, exactly N rows after the commit, the previous N after a kill
+    during a re-run; the same with --partition-by cluster."""
     model, data, ids = assign_inputs
     out = tmp_path / "out"
     out.mkdir()
     unit = out / "nightly"
-    argv, env = _assign_argv(model, data, out), _ray_env(ray_cluster)
+    argv, env = _assign_argv(model, data, out, partition_by), _ray_env(ray_cluster)
+    hive = {"partitioned": partition_by == "cluster"}
 
     # 1. Killed while writing: parts are staged, nothing is committed.
     ran_s = _kill_while_writing(argv, env, unit, tmp_path / "kill-1.log")
@@ -149,6 +154,7 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
     assert not (unit / writer.MANIFEST_FILE).exists(), "a killed run committed"
     with pytest.raises(Exception, match="not a committed assignment"):
         reader.read_committed(str(unit))
+    assert_nothing(str(unit), **hive)
     print(f"\nkilled after {ran_s:.1f} s with {len(killed_parts)} staged part(s)")
 
     # 2. Re-run with the same run id: exactly N rows, ids unique and equal to the input's.
@@ -163,7 +169,16 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
     listed = {f["path"] for f in manifest["files"]}
     killed_attempts = {p.relative_to(unit).parts[1] for p in killed_parts}
     assert manifest["attempt"] not in killed_attempts
-    assert not any(path.split("/")[1] in killed_attempts for path in listed)
+    assert not any(path.startswith("_") for path in listed)  # promoted out of staging
+    assert not (unit / writer.STAGING_DIR).exists()
+    found = assert_exactly(str(unit), ids, **hive)
+    if hive["partitioned"]:
+        assert all(f["path"].startswith(f"cluster={f['cluster']}/") for f in manifest["files"])
+        clusters = dict(zip(*(found["pyarrow.dataset"][c].tolist() for c in ("id", "cluster")),
+                            strict=True))  # fmt: skip
+        committed = reader.read_committed(str(unit))
+        assert clusters == dict(zip(committed["id"].to_pylist(),
+                                    committed["cluster"].to_pylist(), strict=True))  # fmt: skip
 
     # 3. Killed during a re-run of the committed run: the previous commit stands, whole.
     _kill_while_writing(argv, env, unit, tmp_path / "kill-2.log")
@@ -171,6 +186,7 @@ def test_driver_killed_during_assignment_then_rerun_same_run_id(
     assert again["attempt"] == manifest["attempt"]
     got = _committed_ids(unit)
     assert len(got) == N_ROWS and len(np.unique(got)) == N_ROWS
+    assert_exactly(str(unit), ids, **hive)  # plain readers: the previous commit, no extra row
 
 
 # --------------------------------------------------------------- transient S3 errors

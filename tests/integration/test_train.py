@@ -41,6 +41,7 @@ def test_two_workers_keep_identical_centers_and_cluster_well(clean_run, training
     assert [m["epoch"] for m in meta["history"]] == [0, 1, 2, 3]  # the whole training curve
     assert all(m["replica_divergence"] == 0.0 for m in meta["history"])
     assert meta["resumed_at"] == []  # never restarted from a checkpoint
+    assert meta["checkpoint_epochs"] == [3]  # default cadence (every 5): the final one only
     with torch.no_grad():
         z = model.encode(torch.from_numpy(data.X))
         labels = (z @ model.cluster.centers.T).argmax(1).numpy()
@@ -62,7 +63,10 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     monkeypatch.setenv(
         "TELL_FAULT_INJECT", f"kill:rank=1:epoch={killed_epoch}:step=3:marker={marker}"
     )
-    summary = train.main(_job(data_dir, tmp_path / "faulty", "fault", cfg, max_failures=2))
+    # a checkpoint every epoch (the default cadence, 5, would leave none before the kill)
+    summary = train.main(
+        _job(data_dir, tmp_path / "faulty", "fault", cfg, max_failures=2, checkpoint_every=1)
+    )
     assert marker.exists(), "the fault was not injected"
     assert summary["epochs"] == 4
     faulty_model, faulty_meta = load_model(summary["model"])
@@ -83,6 +87,24 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
     a, b = faulty_model.cluster.centers.numpy(), clean_model.cluster.centers.numpy()
     cos = a @ b.T
     assert np.all(cos.max(axis=1) > 0.99), cos.max(axis=1)
+
+
+def test_checkpoint_cadence_30_epochs(ray_cluster, training_blobs, tmp_path):
+    """Issue 12: with the default cadence a 30-epoch run writes a checkpoint every 5 epochs
+    and after the last one (6, not 30); a minimum interval thins them further, the final one
+    is always written."""
+    data_dir, _ = training_blobs
+    cfg = TrainConfig(k=K, epochs=30, batch_size=1024, tol=0.0, seed=0)
+    summary = train.main(_job(data_dir, tmp_path, "cadence", cfg, workers=1))
+    _, meta = load_model(summary["model"])
+    assert summary["epochs"] == 30 and len(meta["history"]) == 30
+    assert meta["checkpoint_epochs"] == [4, 9, 14, 19, 24, 29]
+    print(f"\n30 epochs, {len(meta['checkpoint_epochs'])} checkpoints")
+    sparse = train.main(
+        _job(data_dir, tmp_path, "cadence-1h", cfg, workers=1, checkpoint_min_interval_s=3600)
+    )
+    _, meta = load_model(sparse["model"])
+    assert meta["checkpoint_epochs"] == [29]  # only the final one
 
 
 def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(

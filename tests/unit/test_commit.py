@@ -4,6 +4,7 @@ No Ray here: write tasks are simulated with :class:`jobs.commit.PartWriter`.
 """
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -77,7 +78,14 @@ def test_counts_reconcile_and_manifest_lists_exactly_the_files(unit):
     assert manifest["attempt"] == attempt.attempt_id and manifest["run_id"] == "run-1"
     assert manifest["rejected_reasons"] == {"non-finite value": 3}
     assert sum(f["rows"] for f in manifest["files"]) == 100
-    assert all(f["path"].startswith(f"_staging/{attempt.attempt_id}/") for f in manifest["files"])
+    # promoted out of staging: beside _SUCCESS, rejected rows under _rejected/
+    assert all(f["path"].startswith("part-") for f in manifest["files"])
+    assert all(f["path"].startswith("_rejected/part-") for f in manifest["rejected_files"])
+    # only committed assigned parts end in .parquet (readers that keep *.parquet, #12)
+    assert all(f["path"].endswith(".parquet.rejected") for f in manifest["rejected_files"])
+    assert all(f["path"].endswith(".parquet") for f in manifest["files"])
+    assert commit.staged_files(unit) == [] and not storage.exists(unit.join("_staging"))
+    assert manifest["format_version"] == 2 and manifest["partition_by"] == []
     assert manifest["tell_version"] and manifest["created"].endswith("+00:00")
 
     assigned = reader.read_committed(unit.uri)
@@ -131,8 +139,10 @@ def test_rerun_replaces_never_adds(unit):
     table = reader.read_committed(unit)
     assert sorted(table["id"].to_pylist()) == list(range(50, 80))
     assert manifest["attempt"] == second.attempt_id
-    staged = commit._staged_files(unit)
-    assert staged and all(second.attempt_id in rel for rel in staged)  # old attempt deleted
+    listed = {f["path"] for f in manifest["files"]}
+    assert set(commit.part_files(unit)) == listed  # the old commit's files were deleted
+    assert commit.staged_files(unit) == []
+    assert _plain_ids(unit) == list(range(50, 80))
 
 
 def test_crashed_attempt_leftovers_are_ignored_then_collected(unit):
@@ -143,9 +153,10 @@ def test_crashed_attempt_leftovers_are_ignored_then_collected(unit):
     with open(f"{unit.path}/{crashed.prefix}/torn.parquet", "wb") as f:
         f.write(b"PAR1 not really")
     assert sorted(reader.read_committed(unit)["id"].to_pylist()) == list(range(20))
+    assert _plain_ids(unit) == list(range(20))  # plain readers skip the staging prefix
     assert reader.read_manifest(unit)["attempt"] == good.attempt_id
     _, manifest = _commit_ids(unit, range(20))  # the next commit collects the leftovers
-    assert not any(crashed.attempt_id in rel for rel in commit._staged_files(unit))
+    assert not any(crashed.attempt_id in rel for rel in commit.staged_files(unit))
     assert reader.read_committed(unit).num_rows == 20 == manifest["rows"]["assigned"]
 
 
@@ -164,9 +175,10 @@ def test_orphan_files_of_retried_tasks_are_not_committed(unit):
     parts = _stage(attempt, "p0.parquet", assigned=[_rows(range(10))])
     _stage(attempt, "p0-failed-try.parquet", assigned=[_rows(range(10))])  # not reported
     manifest = commit.commit(attempt, input_rows=10, parts=parts)
-    assert [f["path"] for f in manifest["files"]] == [parts[0].path]
+    assert [f["path"] for f in manifest["files"]] == [attempt.promoted(parts[0].path)]
     assert reader.read_committed(unit).num_rows == 10
-    assert commit._staged_files(unit) == [parts[0].path]  # the orphan was deleted
+    assert commit.staged_files(unit) == []  # the orphan was deleted
+    assert commit.part_files(unit) == [attempt.promoted(parts[0].path)]
 
 
 def test_damaged_commit_is_reported(unit):
@@ -224,3 +236,82 @@ def test_a_reported_part_that_vanished_before_the_commit_commits_nothing(unit):
     with pytest.raises(TellStorageError, match="written by this attempt but is missing when"):
         commit.commit(attempt, input_rows=10, parts=parts)
     assert reader.read_manifest(unit) is None
+
+
+# ------------------------------------------------------------- plain Parquet readers (#12)
+
+
+def _plain_ids(unit) -> list[int]:
+    """The ids a plain Parquet reader finds in the run directory (pyarrow.dataset and pandas
+    must agree; neither knows the manifest)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    by_dataset = ds.dataset(unit.path, format="parquet", partitioning="hive").to_table()
+    by_pandas = pd.read_parquet(unit.path)
+    assert by_dataset.num_rows == len(by_pandas)
+    return sorted(by_dataset["id"].to_pylist())
+
+
+def test_plain_readers_see_exactly_the_committed_rows(unit):
+    _commit_ids(unit, range(100), reject=[1000, 1001])
+    assert _plain_ids(unit) == list(range(100))  # no rejected row, no staged row
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(unit.path).to_table()
+    assert "reason" not in table.column_names and table["cluster"].type == pa.int32()
+
+
+def test_a_crash_during_promotion_is_repaired_by_the_next_attempt(unit, monkeypatch):
+    """Killed after promoting some files of a re-run, before _SUCCESS: tell's reader keeps
+    the old commit; plain readers see extra files until the next attempt's repair, which
+    restores exactly the commit."""
+    _, first = _commit_ids(unit, range(40))
+    crashing = commit.start_attempt(unit)
+    parts = _stage(crashing, "p0.parquet", assigned=[_rows(range(100, 120))])
+    parts += _stage(crashing, "p1.parquet", assigned=[_rows(range(120, 140))])
+    original, lock, promoted = storage.promote_file, threading.Lock(), []
+
+    def promote_then_die(src, dst):
+        with lock:
+            if promoted:
+                raise KeyboardInterrupt  # the process dies: no cleanup runs
+            original(src, dst)
+            promoted.append(dst)
+
+    monkeypatch.setattr(storage, "promote_file", promote_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        commit.commit(crashing, input_rows=40, parts=parts)
+    monkeypatch.setattr(storage, "promote_file", original)
+    assert reader.read_manifest(unit)["attempt"] == first["attempt"]
+    assert sorted(reader.read_committed(unit)["id"].to_pylist()) == list(range(40))
+    assert len(_plain_ids(unit)) == 60  # the window plain Parquet cannot close
+    deleted = commit.repair(unit, reader.read_manifest(unit))
+    assert deleted and _plain_ids(unit) == list(range(40))
+    assert commit.staged_files(unit) == []
+
+
+def test_partitioned_by_cluster_layout(unit):
+    """--partition-by cluster: cluster=J/ directories without the column; tell's reader
+    and plain hive readers give every row its cluster back."""
+    attempt = commit.start_attempt(unit)
+    parts = []
+    for cluster, ids in ((0, range(10)), (3, range(10, 25))):
+        writer = commit.PartWriter(attempt, commit.ASSIGNED, "part-0.parquet", cluster)
+        writer.write(_rows(ids, cluster).drop_columns(["cluster"]))
+        parts.append(writer.close())
+    manifest = commit.commit(attempt, input_rows=25, parts=parts, metadata={
+        "columns": ["id", "cluster", "distance", "runner_up", "margin"]})  # fmt: skip
+    assert manifest["partition_by"] == ["cluster"]
+    assert sorted(f["path"] for f in manifest["files"]) == [
+        "cluster=0/part-0.parquet", "cluster=3/part-0.parquet"]  # fmt: skip
+    table = reader.read_committed(unit)
+    assert table.column_names == ["id", "cluster", "distance", "runner_up", "margin"]
+    assert table["cluster"].type == pa.int32()
+    got = dict(zip(table["id"].to_pylist(), table["cluster"].to_pylist(), strict=True))
+    assert got == {i: 0 if i < 10 else 3 for i in range(25)}
+    import pyarrow.dataset as ds
+
+    plain = ds.dataset(unit.path, partitioning="hive").to_table()
+    assert dict(zip(plain["id"].to_pylist(), plain["cluster"].to_pylist(), strict=True)) == got
+    assert set(commit.part_files(unit)) == {f["path"] for f in manifest["files"]}

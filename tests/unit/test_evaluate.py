@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -70,6 +71,26 @@ def test_passed_through_labels_give_the_in_memory_scores(tmp_path):
     assert json.loads(out.read_text())["acc"] == pytest.approx(result["acc"])
     table = evaluate.format_table(result)
     assert "ACC" in table and "inertia" in table and f"{N:,} rows" in table
+
+
+def test_a_run_partitioned_by_cluster_scores_the_same(tmp_path):
+    """Issue 12: --partition-by cluster files have no cluster column (their cluster=J/
+    directory names it); evaluate scores them exactly like the flat run."""
+    cols = _assignments(0)
+    table = pa.table(cols)
+    unit = storage.resolve(str(tmp_path / "by-cluster"))
+    attempt = commit.start_attempt(unit)
+    parts = []
+    for j in np.unique(cols["cluster"]):
+        rows = table.filter(pc.equal(table["cluster"], j)).drop_columns(["cluster"])
+        writer = commit.PartWriter(attempt, commit.ASSIGNED, "part-00000.parquet", int(j))
+        writer.write(rows)
+        parts.append(writer.close())
+    commit.commit(attempt, input_rows=N, parts=parts, metadata={"n_clusters": K})
+    flat = evaluate.main(EvaluateJob(assignments=str(_commit(tmp_path / "flat", cols))))
+    hive = evaluate.main(EvaluateJob(assignments=unit.uri))
+    for key in ("acc", "nmi", "ari", "inertia", "sizes", "rows"):
+        assert hive[key] == pytest.approx(flat[key]), key
 
 
 def test_labels_are_joined_from_the_input_data_by_id(tmp_path):

@@ -36,6 +36,20 @@ class _Collector(HTMLParser):
                 self.links.append(attrs[key])
 
 
+def _history(n_pretrain: int = 3, n_clustering: int = 6) -> list[dict]:
+    """A model's per-epoch history as the train loop records it (tell/schedule.py)."""
+    rows = []
+    for e in range(n_pretrain + n_clustering):
+        pre = e < n_pretrain
+        rows.append({
+            "epoch": e, "phase": "pretrain" if pre else ("centers" if e % 2 else "features"),
+            "clu_loss": None if pre else 1.0 / (e + 1), "rec_loss": 0.5 / (e + 1),
+            "inertia_per_row": None if pre else 0.4 - 0.01 * e, "dead_centers": 0 if pre else e % 2,
+            "moved": 0, "rows_per_s": 1000.0 + e,
+        })  # fmt: skip
+    return rows
+
+
 def _inputs(seed: int, n: int = 240, d: int = 5, k: int = 4, images: bool = True, text=EVIL):
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((k, d))
@@ -76,14 +90,17 @@ def page():
         **_inputs(0),
         title=f"Report {EVIL}",
         metadata={"run_name": EVIL, EVIL: {"nested": [EVIL]}},
+        history=_history(),
     )
 
 
 def test_every_section_is_present(page):
     parsed = _Collector()
     parsed.feed(page)
-    assert {"sizes", "prototypes", "projection", "distributions", "clusters", "model"} <= parsed.ids
+    assert {"sizes", "training", "prototypes", "projection", "distributions", "clusters",
+            "model"} <= parsed.ids  # fmt: skip
     for heading in (
+        "Training curves",
         "Cluster sizes",
         "Centers as prototypes",
         "2-D projection",
@@ -98,8 +115,8 @@ def test_every_section_is_present(page):
 def test_every_image_is_an_embedded_png_and_nothing_is_fetched(page):
     parsed = _Collector()
     parsed.feed(page)
-    # sizes, tiles, nearest grid, projection, distributions, contingency
-    assert len(parsed.imgs) == 6
+    # sizes, training curves, tiles, nearest grid, projection, distributions, contingency
+    assert len(parsed.imgs) == 7
     for img in parsed.imgs:
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,3 +168,15 @@ def test_inconsistent_inputs_are_refused(change, match):
     inputs = {**_inputs(4, images=False), **change}
     with pytest.raises(TellDataError, match=match):
         build_report(**inputs)
+
+
+def test_training_curves_only_with_a_history(plain_page):
+    """Issue 12: the per-epoch history is plotted (a PNG with four panels); a model without
+    one (in-memory, older) gets no such section; identity runs (no rec_loss) still plot."""
+    from jobs.report.figures import history_png
+
+    assert 'id="training"' not in plain_page
+    identity = [{**h, "rec_loss": None, "phase": "centers"} for h in _history(0, 4)]
+    for history in (_history(), identity):
+        png = history_png(history)
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
