@@ -118,15 +118,15 @@ def main(job: EvaluateJob) -> dict[str, Any]:
 
 
 def check_row_totals(
-    run: storage.Location, manifest: dict[str, Any], parts: list[tuple[storage.Location, int]]
+    run: storage.Location, manifest: dict[str, Any], parts: list[reader.ListedPart]
 ) -> None:
     """Refuse a manifest whose row totals disagree with the files it lists (assigned parts
     first, then rejected): rows in = assigned + rejected, each the sum of its files' rows."""
     rows = manifest.get("rows") if isinstance(manifest.get("rows"), dict) else {}
     n_assigned = len(manifest.get("files", []))
     listed = {
-        "assigned": sum(n for _, n in parts[:n_assigned]),
-        "rejected": sum(n for _, n in parts[n_assigned:]),
+        "assigned": sum(part.rows for part in parts[:n_assigned]),
+        "rejected": sum(part.rows for part in parts[n_assigned:]),
     }
     totals = {key: rows.get(key) for key in ("input", "assigned", "rejected")}
     if (
