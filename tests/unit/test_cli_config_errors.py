@@ -424,13 +424,14 @@ def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, cap
     summary = {
         "data": "/w/data/digits", "rows": 1797, "classes": 10, "model": "/w/store/model",
         "assignments": "/w/store/assignments/demo", "report": "/w/report/report.html",
-        "summary": "/w/summary.json", "metrics": {"acc": 0.9},
+        "summary": "/w/summary.json", "encoder": "mlp", "metrics": {"acc": 0.9},
+        "identity_metrics": {"acc": 0.8},
     }  # fmt: skip
     monkeypatch.setattr(jobs.demo, "main", lambda job: summary)
     monkeypatch.setattr(jobs.report.evaluate, "main", lambda job: {"acc": 0.5, "n_rows": 3})
     code, out, _ = _run(["demo", "--workdir", "w"], capsys)
     assert code == 0 and out == jobs.demo.format_report(summary) + "\n"
-    assert out.splitlines()[-1] == "acc     0.9000" and "/w/store/model" in out
+    assert out.splitlines()[-1].split() == ["acc", "0.9000", "0.8000"] and "/w/store/model" in out
     code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)
     assert code == 0 and json.loads(out) == {"acc": 0.5, "n_rows": 3}
 
@@ -454,15 +455,24 @@ sys.exit(cli.main())
 """
 
 
-def test_as_a_command_stdout_carries_only_the_summary():
-    """Issue 13: `tell train ... | python -m json.tool` works even when Ray prints."""
+@pytest.mark.parametrize("verbose", [False, True])
+def test_as_a_command_stdout_carries_only_the_summary(verbose):
+    """Issue 13: `tell train ... | python -m json.tool` works even when Ray prints. Quiet, the
+    noise goes to the log file (issue 12); with --verbose, to stderr; never to stdout."""
     import subprocess
     import sys
+    from pathlib import Path
 
+    command = _NOISY_COMMAND.replace(
+        '"evaluate"', '"--verbose", "evaluate"' if verbose else '"evaluate"'
+    )
     done = subprocess.run(
-        [sys.executable, "-c", _NOISY_COMMAND], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", command], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"acc": 0.5}, done.stdout
-    assert "(raylet) Raylet is terminated" in done.stderr
-    assert "written to the descriptor" in done.stderr
+    log = re.search(r"full log: (\S+)", done.stderr)
+    assert log, done.stderr
+    for where in [Path(log.group(1)).read_text(), *([done.stderr] if verbose else [])]:
+        assert "(raylet) Raylet is terminated" in where
+        assert "written to the descriptor" in where
