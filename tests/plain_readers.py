@@ -40,7 +40,7 @@ def _ray_data(loc: storage.Location) -> pa.Table:
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
 
 
-def _duckdb(loc: storage.Location, partitioned: bool) -> pa.Table:
+def _duckdb(loc: storage.Location, glob: str) -> pa.Table:
     import duckdb
 
     con = duckdb.connect()
@@ -48,21 +48,24 @@ def _duckdb(loc: storage.Location, partitioned: bool) -> pa.Table:
     if loc.is_s3:  # through the same fsspec filesystem (httpfs would need a download)
         con.register_filesystem(storage._s3fs_of(loc))
         root = f"s3://{loc.path}"
-    pattern = f"{root}/cluster=*/*.parquet" if partitioned else f"{root}/*.parquet"
-    return con.sql(f"SELECT * FROM read_parquet('{pattern}', hive_partitioning=true)").arrow()
+    query = f"SELECT * FROM read_parquet('{root}/{glob}', hive_partitioning=true)"
+    return pa.Table.from_pandas(con.sql(query).df(), preserve_index=False)
 
 
 def plain_reads(
-    uri: str, *, partitioned: bool = False, ray_data: bool = True
+    uri: str, *, partitioned: bool = False, ray_data: bool = True, duckdb_glob: str | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """``{reader: {"id": ids, "cluster": clusters}}`` as each plain reader finds them under
-    ``uri``; a reader that finds no data file gives empty arrays (that is "nothing")."""
+    ``uri``; a reader that finds no data file gives empty arrays (that is "nothing").
+    DuckDB reads the glob the README gives (``*.parquet``, ``cluster=*/*.parquet`` when
+    ``partitioned``) unless ``duckdb_glob`` names another (``dt=*/*.parquet``)."""
     loc = storage.resolve(uri)
     readers = {"pyarrow.dataset": _pyarrow_dataset, "pandas": _pandas}
     if ray_data:
         readers["ray.data"] = _ray_data
     if HAVE_DUCKDB:
-        readers["duckdb"] = lambda loc: _duckdb(loc, partitioned)
+        glob = duckdb_glob or ("cluster=*/*.parquet" if partitioned else "*.parquet")
+        readers["duckdb"] = lambda loc: _duckdb(loc, glob)
     has_data = bool(storage.list_files(loc, recursive=True)) if storage.exists(loc) else False
     found = {}
     for name, read in readers.items():

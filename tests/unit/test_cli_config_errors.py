@@ -432,6 +432,7 @@ def test_demo_ends_with_its_table_and_other_commands_print_json(monkeypatch, cap
     code, out, _ = _run(["demo", "--workdir", "w"], capsys)
     assert code == 0 and out == jobs.demo.format_report(summary) + "\n"
     assert out.splitlines()[-1].split() == ["acc", "0.9000", "0.8000"] and "/w/store/model" in out
+    assert out.splitlines()[-2].split() == ["metric", "TELL", "mlp", "identity", "(k-means)"]
     code, out, _ = _run(["evaluate", "--assignments", "a"], capsys)
     assert code == 0 and json.loads(out) == {"acc": 0.5, "n_rows": 3}
 
@@ -473,6 +474,8 @@ def test_as_a_command_stdout_carries_only_the_summary(verbose):
     assert json.loads(done.stdout) == {"acc": 0.5}, done.stdout
     log = re.search(r"full log: (\S+)", done.stderr)
     assert log, done.stderr
+    if not verbose:  # issue 12: quiet, none of the noise reaches the console
+        assert "Raylet" not in done.stderr and "descriptor" not in done.stderr, done.stderr
     for where in [Path(log.group(1)).read_text(), *([done.stderr] if verbose else [])]:
         assert "(raylet) Raylet is terminated" in where
         assert "written to the descriptor" in where
