@@ -58,6 +58,9 @@ class _State:
 _state = _State()
 
 
+_DRAIN_MARK = b"\x00tell-drain\x00"
+
+
 class _Stderr:
     """The process' file descriptor 2 of a configured job, pointed at a pipe: a thread
     copies what arrives into the log file, and to the console too when verbose. So every
@@ -71,6 +74,7 @@ class _Stderr:
         self.read_fd, write_fd = os.pipe()
         os.dup2(write_fd, 2)
         os.close(write_fd)
+        self.drained = threading.Event()
         self.thread = threading.Thread(target=self._copy, name="tell-stderr", daemon=True)
         self.thread.start()
 
@@ -82,26 +86,26 @@ class _Stderr:
                 return
             if not chunk:
                 return
-            text = chunk.decode("utf-8", "replace")
+            marked = _DRAIN_MARK in chunk
+            text = chunk.replace(_DRAIN_MARK, b"").decode("utf-8", "replace")
             with _state.lock:
                 if _state.log_file is not None:
                     _state.log_file.write(text)
-                if self.verbose:
+                if self.verbose and text:
                     _end_live_line()
                     _state.console.write(text)
                     _state.console.flush()
+            if marked:
+                self.drained.set()
 
     def drain(self, timeout_s: float = 1.0) -> None:
-        """Wait (a little) until what was written to stderr so far reached the log."""
-        import select
-
+        """Wait (at most ``timeout_s``) until what was written to stderr so far reached the
+        log: a mark written behind it comes back through the copying thread (waiting for an
+        empty pipe alone lost the chunk the thread had read but not yet written)."""
         sys.stderr.flush()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.read_fd], [], [], 0)
-            if not ready:
-                return
-            time.sleep(0.01)
+        self.drained.clear()
+        os.write(2, _DRAIN_MARK)  # one write below PIPE_BUF: atomic, never split
+        self.drained.wait(timeout_s)
 
 
 class _ConsoleHandler(logging.Handler):

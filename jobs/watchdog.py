@@ -20,12 +20,12 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from jobs import progress
 from jobs.runtime import ClusterError
 
 logger = logging.getLogger("tell.watchdog")
@@ -133,10 +133,10 @@ def watch(stall_timeout_s: float, command: str) -> Iterator[Beater]:
                 f"{last}): {waiting_for()}. Nothing was committed; add resources or lower "
                 "workers / cpus_per_worker, then re-run."
             )
-            logger.warning("%s", stalled[0])
+            logger.info("%s", stalled[0])  # the log file; the console gets the error line
             _thread.interrupt_main()
             if not done.wait(_EXIT_GRACE_S):  # the driver did not unwind: end it here
-                print(f"tell {command}: error: {stalled[0]}", file=sys.stderr, flush=True)
+                print(f"tell {command}: error: {stalled[0]}", file=progress.console(), flush=True)
                 os._exit(2)
             return
 

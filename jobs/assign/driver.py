@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs import progress, runtime, storage, watchdog
+from jobs.assign import ids
 from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
 from jobs.commit import reader, writer
 from jobs.config import AssignJob
@@ -252,6 +253,9 @@ def _run_unit(
         raise _clear_error(exc, job, unit_loc) from None
     if on_event is not None:
         on_event("committed")
+    duplicated = ids.duplicated_ids_message(sink.id_sketch, info.num_rows, job.id_columns)
+    if duplicated:
+        logger.warning("%s: %s", unit_loc.uri, duplicated)
     progress.line(
         f"committed {unit_loc.uri}: {manifest['rows']['assigned']:,} assigned, "
         f"{manifest['rows']['rejected']:,} rejected, {len(manifest['files'])} part file(s)"

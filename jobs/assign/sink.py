@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
+from jobs.assign import ids
 from jobs.commit import writer
 
 REASON = writer.REASON_COLUMN
@@ -48,6 +49,7 @@ class AssignmentSink(Datasink):
         self.on_event = on_event
         self.parts: list[writer.Part] = []
         self.reasons: dict[str, int] = {}
+        self.id_sketch = ids.merge([])  # of every row written (jobs/assign/ids.py)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "on_event": None}  # the hook stays on the driver
@@ -76,9 +78,11 @@ class AssignmentSink(Datasink):
             return writers[key]
 
         reasons: Counter[str] = Counter()
+        id_sketch = ids.merge([])
         try:
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
+                id_sketch = ids.sketch(table, self.id_columns, id_sketch)
                 reason = table.column(REASON)
                 if reason.null_count == table.num_rows:
                     self._write_assigned(table.drop_columns([REASON]), part_writer)
@@ -93,7 +97,11 @@ class AssignmentSink(Datasink):
             for one in writers.values():
                 one.abort()
             raise
-        return {"parts": [p.to_dict() for p in parts if p], "reasons": dict(reasons)}
+        return {
+            "parts": [p.to_dict() for p in parts if p],
+            "reasons": dict(reasons),
+            "ids": id_sketch,
+        }
 
     def _write_assigned(self, table: pa.Table, part_writer) -> None:
         if not self.partition_by_cluster:
@@ -113,3 +121,4 @@ class AssignmentSink(Datasink):
         returns = [r for r in write_result.write_returns if r]
         self.parts = [writer.Part.from_dict(p) for r in returns for p in r["parts"]]
         self.reasons = writer.count_reasons(r["reasons"] for r in returns)
+        self.id_sketch = ids.merge([r["ids"] for r in returns])

@@ -125,8 +125,8 @@ def check_row_totals(
     rows = manifest.get("rows") if isinstance(manifest.get("rows"), dict) else {}
     n_assigned = len(manifest.get("files", []))
     listed = {
-        "assigned": sum(p.rows for p in parts[:n_assigned]),
-        "rejected": sum(p.rows for p in parts[n_assigned:]),
+        "assigned": sum(part.rows for part in parts[:n_assigned]),
+        "rejected": sum(part.rows for part in parts[n_assigned:]),
     }
     totals = {key: rows.get(key) for key in ("input", "assigned", "rejected")}
     if (

@@ -636,3 +636,22 @@ def test_rows_through_ray(case_id, ray_outcomes, world, s3_world):
     rejected = table.filter(table["reason"].is_valid())
     assert sorted(rejected["id"].to_pylist()) == [3, 10, 99, 150, 200, 251]
     assert rejected["cluster"].null_count == 6
+
+
+def test_duplicated_ids_are_assigned_with_a_warning(ray_with_s3_credentials, world, tmp_path):
+    """Issue 13: the same file given twice is assigned (every row), with one warning."""
+    data = tmp_path / "twice"
+    data.mkdir()
+    for copy in ("a", "b"):
+        shutil.copy(Path(world["good"]) / "part-00000.parquet", data / f"{copy}.parquet")
+    rows = 2 * pq.read_metadata(data / "a.parquet").num_rows
+    env = _ray_env(ray_with_s3_credentials, _base_env())
+    argv = [a.format(**world, out=str(tmp_path / "out")) for a in _assign("{model}", str(data))]
+    outcome = run_cli([*argv, "--workers", "1"], env, tmp_path)
+    assert outcome.code == 0, outcome.err[-3000:]
+    assert json.loads(outcome.out)["rows"] == rows
+    warnings = [line for line in outcome.err_lines if "distinct values in" in line]
+    assert len(warnings) == 1, outcome.err[-3000:]
+    assert (
+        f"hold {rows // 2} distinct values in {rows} rows: some ids are duplicated" in warnings[0]
+    )

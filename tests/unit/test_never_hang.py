@@ -165,3 +165,20 @@ def test_manifest_row_totals_must_match_its_files(tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(TellDataError, match=r"says rows .* but the files it lists hold 6 assigned"):
         evaluate.main(EvaluateJob(assignments=str(run)))
+
+
+def test_duplicated_ids_are_noticed_in_bounded_memory():
+    from jobs.assign import ids
+
+    unique = pa.table({"id": np.arange(10_000) * 7, "day": ["d"] * 10_000})
+    halves = [ids.sketch(unique.slice(0, 5_000), ("id",)), ids.sketch(unique.slice(5_000), ("id",))]
+    merged = ids.merge(halves)
+    assert len(merged) == ids.SKETCH_SIZE  # bounded, whatever the rows
+    assert ids.duplicated_ids_message(merged, 10_000, ("id",)) is None
+    twice = ids.merge([merged, ids.sketch(unique, ("id",))])  # every file given twice
+    message = ids.duplicated_ids_message(twice, 20_000, ("id",))
+    assert message and "about" in message and "(estimated)" in message
+    small = ids.sketch(pa.table({"id": [1, 2, 2, 3]}), ("id",))
+    assert "hold 3 distinct values in 4 rows" in ids.duplicated_ids_message(small, 4, ("id",))
+    pair = ids.sketch(pa.table({"a": [1, 1], "b": ["x", "y"]}), ("a", "b"))  # both columns
+    assert ids.duplicated_ids_message(pair, 2, ("a", "b")) is None
