@@ -261,6 +261,7 @@ def test_node_removed_mid_training_resumes_or_fails_with_one_line(ray_nodes, wor
         "train", "--data", f"{s3}/data", "--out", f"{s3}/train", "--name", "node-lost",
         "--k", str(K), "--epochs", "4", "--batch-size", "256", "--workers", "3",
         "--materialize", "auto", "--max-failures", "3", "--stall-timeout-s", "120",
+        "--checkpoint-every", "1",  # resume from the newest epoch (the default cadence is 5)
     ]  # fmt: skip
     fault = f"mark:epoch=1:step=2:marker={marker}:delay_s=0.05"
     env = {**ray_nodes.env, "TELL_FAULT_INJECT": fault}
