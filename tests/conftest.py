@@ -114,6 +114,10 @@ def _start_ray(extra_env: dict[str, str] | None = None, process_env: dict[str, s
     process_env = {
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_V2_ENABLED": "1",
+        # Ray caches the auth mode per process: the multi-node fixture disables it, so every
+        # in-process cluster of the suite must too, or a later module's ray.init fails
+        # with InvalidAuthToken (seen in the full suite after test_multi_node).
+        "RAY_AUTH_MODE": "disabled",
         **(process_env or {}),
     }
     saved = {k: os.environ.get(k) for k in process_env}

@@ -241,7 +241,8 @@ def test_node_removed_mid_assignment_still_gives_exactly_n_rows(ray_nodes, world
     extra = ("--workers", "2", "--cpus-per-worker", "1", "--stall-timeout-s", "180")
 
     def victim() -> str:
-        staged = [k for k in _keys(world, "out/node-lost/_staging/") if k.endswith(".parquet")]
+        # a part being written (issue 12 names staged parts *.staged)
+        staged = [k for k in _keys(world, "out/node-lost/_staging/") if k.endswith(".staged")]
         return _node_of_busiest_worker() if staged else ""
 
     done, _ = _lose_a_node_while(
