@@ -38,7 +38,9 @@ def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, training_blobs, s3_buck
     assert summary["materialized"] is False and summary["rows"] == 6000
     model, meta = load_model(summary["model"])
     assert meta["epoch"] == 1
-    assert [m["rows"] for m in meta["history"]] == [5888, 5888]  # 23 full batches of 256
+    # every row trains (#13): 23 full batches of 256 and a last one of 112
+    assert [m["rows"] for m in meta["history"]] == [6000, 6000]
+    assert [m["rows_skipped"] for m in meta["history"]] == [0, 0]
     with torch.no_grad():
         z = model.encode(torch.from_numpy(data.X))
         labels = (z @ model.cluster.centers.T).argmax(1).numpy()
