@@ -17,6 +17,7 @@ BENCHMARKS = {
     "train": "Training throughput (rows/s) of the Ray Train job.",
     "assign": "Assignment throughput (rows/s) of the Ray Data assign job.",
     "seeding_repair": "Seeding and center-repair time as functions of k (issue #14).",
+    "scale_k": "TELL defaults vs faiss and MiniBatchKMeans from k=256 to 16,384 (issue #14).",
 }
 EXIT_USAGE = 2
 

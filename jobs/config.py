@@ -138,7 +138,8 @@ class TrainJob(Resources):
             object.__setattr__(
                 self, "config", from_mapping(TrainConfig, self.config, _TRAIN_CONFIG_WHERE)
             )
-        if self.config.init_sample_rows < self.config.k:
+        sample_rows = self.config.init_sample_rows
+        if sample_rows is not None and sample_rows < self.config.k:
             # The centers are initialised from this sample (k-means++ picks k of its rows).
             raise TellConfigError(
                 f"The 'init_sample_rows' ({self.config.init_sample_rows}) must be at least 'k' "

@@ -34,7 +34,9 @@ class TrainConfig:
         per epoch).
     pretrain_epochs : autoencoder-only epochs before the centers are initialised; None:
         automatic (see ``tell.schedule.pretrain_epochs_for``).
-    batch_size : rows per step (global batch; split across workers in the jobs).
+    batch_size : rows per step (global batch; split across workers in the jobs); None:
+        automatic (``tell.schedule.batch_size_for``: 256 for mlp/conv, about 2 rows per
+        center for identity).
     optimizer : the autoencoder's optimizer (the reference: Adadelta, lr 1.0).
     lr : its learning rate.
     alpha : scale of the clustering layer (rows of W at norm 2*alpha).
@@ -43,10 +45,12 @@ class TrainConfig:
     center_lr : multiplier of the normalised center step (1.0 = the reference).
     init : "k-means++" (greedy, on a sample of encoded features) or "random" (the paper).
     repair : move dead and redundant centers into the worst-fitted clusters between epochs.
-    init_sample_rows : rows sampled for k-means++.
+    init_sample_rows : rows sampled for k-means++; None: automatic
+        (``tell.schedule.init_sample_rows_for``: 64 per center, 10,000 to 1,000,000).
     n_init : restarts; the one with the lowest final L_clu wins (the paper picks 5).
     tol : stop when the inertia of two consecutive centers epochs differs by at most this
-        fraction and no center moved (0: never).
+        fraction (0: never); None: automatic (``tell.schedule.tol_for``: 0.003 for
+        identity, 0 for learned encoders).
     collapse_guard : restart (then refuse) a run whose learned features collapse (see
         ``tell.schedule``).
     max_imbalance : bound on max cluster size / mean cluster size during training (>= 1),
@@ -61,7 +65,7 @@ class TrainConfig:
     image_shape: tuple[int, ...] | None = None
     epochs: int = 20
     pretrain_epochs: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None
     optimizer: str = "adam"
     lr: float = 1e-3
     alpha: float = 0.001
@@ -70,9 +74,9 @@ class TrainConfig:
     center_lr: float = 1.0
     init: str = "k-means++"
     repair: bool = True
-    init_sample_rows: int = 100_000
+    init_sample_rows: int | None = None
     n_init: int = 1
-    tol: float = 0.0
+    tol: float | None = None
     collapse_guard: bool = True
     max_imbalance: float | None = None
     seed: int = 0
@@ -82,13 +86,17 @@ class TrainConfig:
         check_choice("encoder", self.encoder, ENCODERS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("init", self.init, INITS)
-        for name in ("latent_dim", "epochs", "batch_size", "init_sample_rows", "n_init"):
+        for name in ("latent_dim", "epochs", "n_init"):
             check_range(name, getattr(self, name), low=1)
+        for name in ("batch_size", "init_sample_rows"):
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), low=1)
         if self.pretrain_epochs is not None:
             check_range("pretrain_epochs", self.pretrain_epochs, low=0)
         for name in ("lr", "alpha", "cluster_weight", "grad_fraction", "center_lr"):
             check_range(name, getattr(self, name), low=0.0, low_open=True)
-        check_range("tol", self.tol, low=0.0, high=1.0)
+        if self.tol is not None:
+            check_range("tol", self.tol, low=0.0, high=1.0)
         if self.max_imbalance is not None:
             check_range("max_imbalance", self.max_imbalance, low=1.0)
         if self.encoder == "conv" and (self.image_shape is None or len(self.image_shape) != 3):

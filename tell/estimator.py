@@ -28,7 +28,13 @@ from tell.init import initial_centers
 from tell.metrics import inertia as inertia_of
 from tell.model import TELLNet
 from tell.optim import make_optimizer
-from tell.schedule import EpochPlan, EpochSchedule, phase_for_epoch
+from tell.schedule import (
+    EpochPlan,
+    EpochSchedule,
+    batch_size_for,
+    init_sample_rows_for,
+    phase_for_epoch,
+)
 from tell.verdict import encoder_verdict, verdict_rows
 
 logger = logging.getLogger(__name__)
@@ -49,16 +55,17 @@ class TELL:
     max_iter : clustering epochs (passes over X).
     pretrain_epochs : autoencoder-only epochs before the centers are initialised; None:
         automatic (``tell.schedule.pretrain_epochs_for``).
-    batch_size, optimizer, lr : minibatch size and the autoencoder's optimizer.
+    batch_size, optimizer, lr : minibatch size (None: automatic, ``tell.schedule.batch_size_for``)
+        and the autoencoder's optimizer.
     alpha, cluster_weight, grad_fraction, center_lr : the clustering layer's scale, lambda,
         the gradient normalisation (10% of the center norm) and the center step multiplier.
     init : "k-means++" (greedy, on encoded features) or "random" (the paper).
     repair : move dead and redundant centers into the worst-fitted clusters after each
         centers epoch but the last few (see ``tell.engine.repair_centers_``).
-    init_sample_rows : rows of X used for k-means++.
+    init_sample_rows : rows of X used for k-means++ (None: automatic, 64 per center).
     n_init : restarts; the lowest final L_clu wins.
     tol : stop early when the inertia of two consecutive centers epochs differs by at most
-        this fraction (relative) and no center moved.
+        this fraction (relative); None: automatic (``tell.schedule.tol_for``).
     collapse_guard : restart the clustering with a smaller cluster weight when the learned
         features collapse; raise :class:`tell.errors.TellCollapseError` when they still do
         (see :mod:`tell.schedule`).
@@ -92,7 +99,7 @@ class TELL:
         image_shape: tuple[int, int, int] | None = None,
         max_iter: int = 20,
         pretrain_epochs: int | None = None,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         alpha: float = 0.001,
@@ -101,9 +108,9 @@ class TELL:
         center_lr: float = 1.0,
         init: str = "k-means++",
         repair: bool = True,
-        init_sample_rows: int = 100_000,
+        init_sample_rows: int | None = None,
         n_init: int = 1,
-        tol: float = 0.0,
+        tol: float | None = None,
         collapse_guard: bool = True,
         max_imbalance: float | None = None,
         device: str = "cpu",
@@ -188,7 +195,7 @@ class TELL:
         phase = phase_for_epoch(self._partial_epoch, self.model_.has_decoder)
         plan = EpochPlan(self._partial_epoch, phase, False, False, cfg.repair, cfg.cluster_weight)
         generator = torch.Generator().manual_seed(cfg.seed + self._partial_epoch)
-        batches = _shuffled_batches(x_all, cfg.batch_size, generator)
+        batches = _shuffled_batches(x_all, batch_size_for(cfg), generator)
         self.history_.append(run_epoch(self.model_, batches, self._optimizer, plan, cfg))
         self._partial_epoch += 1
         self.n_iter_ = self._partial_epoch
@@ -211,7 +218,7 @@ class TELL:
                     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
                 pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
                 self._init_centers(net, x_all, cfg, seed + schedule.restarts)
-            batches = _shuffled_batches(x_all, cfg.batch_size, generator)
+            batches = _shuffled_batches(x_all, batch_size_for(cfg), generator)
             summary = schedule.record(run_epoch(net, batches, optimizer, plan, cfg))
             if self.verbose:
                 logger.info("epoch %d %s: %s", plan.index, plan.phase, _short(summary))
@@ -222,11 +229,12 @@ class TELL:
     def _new_model(self, x_all: torch.Tensor, cfg: TrainConfig, device: torch.device) -> TELLNet:
         """A fresh TELLNet for rows like ``x_all``, its input scaling measured on a sample."""
         net = TELLNet(cfg.encoder_spec(x_all.shape[1]), cfg.k, cfg.alpha).to(device)
-        net.fit_input_scaling_(_sample(x_all, cfg.init_sample_rows, cfg.seed))
+        net.fit_input_scaling_(_sample(x_all, init_sample_rows_for(cfg, x_all.shape[0]), cfg.seed))
         return net
 
     def _init_centers(self, net: TELLNet, x_all: torch.Tensor, cfg: TrainConfig, seed: int) -> None:
-        z_sample = self._encode(_sample(x_all, cfg.init_sample_rows, seed), net)
+        rows = init_sample_rows_for(cfg, x_all.shape[0])
+        z_sample = self._encode(_sample(x_all, rows, seed), net)
         centers = initial_centers(cfg.init, z_sample.cpu(), cfg.k, seed)
         net.cluster.set_centers_(centers)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tell.assign import top2
+from tell.assign import top2_nearest
 from tell.encoders import EncoderSpec, build_autoencoder
 from tell.layer import DEFAULT_ALPHA, ClusterLayer
 
@@ -22,10 +22,10 @@ class TELLOutput(NamedTuple):
     """What one forward pass returns.
 
     z : Tensor (B, d_z), float32, unit L2 norm per row (the feature space of the centers).
-    scores : Tensor (B, k), ``W z`` without gradient; argmax = nearest center (of those not
-        ``excluded``: theirs read ``-2 alpha``).
-    labels : Tensor (B,), int64, hard assignment (argmax of scores).
-    top2_scores : Tensor (B, 2), scores of the nearest and the second-nearest center.
+    labels : Tensor (B,), int64, hard assignment: the nearest center (of those not
+        ``excluded``).
+    top2_scores : Tensor (B, 2), scores ``W z`` (no gradient) of the nearest and the
+        second-nearest center; an excluded center scores ``-2 alpha`` (distance 4).
     picked : Tensor (B,), ``W_c(i) . z_i``, the score of each row's own center, WITH gradient
         (to W, and to z unless features are detached): all that L_clu needs.
     x_hat : Tensor (B, D) reconstruction g(z), or None for the identity encoder.
@@ -34,7 +34,6 @@ class TELLOutput(NamedTuple):
     """
 
     z: torch.Tensor
-    scores: torch.Tensor
     labels: torch.Tensor
     top2_scores: torch.Tensor
     picked: torch.Tensor
@@ -127,14 +126,11 @@ class TELLNet(nn.Module):
         x_in = self.scale_input(x)
         z = F.normalize(self.encoder(x_in), dim=1)
         z_clu = z.detach() if detach_features else z
-        with torch.no_grad():
-            scores = self.cluster(z_clu)  # (B, k)
-            if excluded is not None:  # score -2 alpha: distance 4, the farthest there is
-                scores = scores.masked_fill(excluded, -2.0 * self.cluster.alpha)
-            labels, _, best, second = top2(scores)
+        # The assignment in cache-sized chunks of rows (tell.assign): no (B, k) scores held.
+        labels, _, best, second = top2_nearest(z_clu.detach(), self.cluster.centers, excluded)
         # Only the assigned center's score enters L_clu (the hard one-hot of the reference
         # code), so its gradient is a sparse row update instead of a second (B, k) GEMM.
         picked = (self.cluster.weight[labels] * z_clu).sum(dim=1)  # (B,)
         x_hat = self.decoder(z) if self.decoder is not None else None
-        top2_scores = torch.stack((best, second), 1)
-        return TELLOutput(z, scores, labels, top2_scores, picked, x_hat, x_in)
+        top2_scores = torch.stack((best, second), 1) * (2.0 * self.cluster.alpha)  # W z
+        return TELLOutput(z, labels, top2_scores, picked, x_hat, x_in)

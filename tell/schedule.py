@@ -12,8 +12,16 @@ plan for the same config:
 4. **repair window**: dead and redundant centers are moved after every centers epoch but
    those of the last :data:`SETTLE_EPOCHS` epochs, which let moved centers settle;
 5. **stop** after ``epochs`` clustering epochs, or earlier when the inertia of two
-   consecutive centers epochs changed by at most ``tol`` (relative), or when the
-   collapse guard gives up (:attr:`EpochSchedule.stop_reason`).
+   consecutive centers epochs changed by at most :func:`tol_for` (relative): the run then
+   stops at once if that epoch moved no center, else after :data:`SETTLE_EPOCHS` more
+   epochs without repair; or when the collapse guard gives up
+   (:attr:`EpochSchedule.stop_reason`).
+
+**Automatic settings** (a config field left at None; docs/DEFAULTS.md has the
+measurements): :func:`batch_size_for` (the identity encoder's batch follows k: about two
+rows per center per step, its (B, k) score buffer bounded), :func:`tol_for` (the identity
+encoder stops when an epoch improves the inertia by at most :data:`AUTO_TOL`) and
+:func:`init_sample_rows_for` (the seeding sample follows k, ``tell.init.sample_rows_for``).
 
 The **collapse guard** watches two label-free signals of every clustering epoch of a model
 that learns its features (see :func:`collapse_signals`): the spread of the unit features
@@ -34,6 +42,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tell.init import sample_rows_for
+
 if TYPE_CHECKING:
     from tell.config import TrainConfig
 
@@ -53,6 +63,26 @@ PRETRAIN_STEPS = 6000
 PRETRAIN_MIN_EPOCHS = 10
 PRETRAIN_MAX_EPOCHS = 100
 
+# Automatic batch size. A learned encoder's batch is its optimizer's setting (Adam at 1e-3
+# was measured with 256, docs/DEFAULTS.md). The identity encoder has no optimizer: its
+# batch only sets how many rows each center's normalised step averages and how large the
+# (B, k) score buffer is. Measured (200k x 64, 1 thread, bench/scale_k.py): about two rows
+# per center per step converges in the fewest epochs, and an epoch costs least while the
+# scores stay within a few tens of MiB (k=4096: batch 2048 took 0.57x the time of 4096).
+LEARNED_BATCH_SIZE = 256
+ROWS_PER_CENTER_STEP = 2
+MIN_BATCH_SIZE = 256
+MAX_SCORE_FLOATS = 1 << 23  # B * k float32 scores per step: 32 MiB
+
+# Automatic stopping (identity encoder): an epoch that improves the inertia by at most this
+# fraction ends the run (after SETTLE_EPOCHS more if it moved centers). The per-epoch gains
+# shrink roughly geometrically (by 0.6-0.8 from one epoch to the next in bench/scale_k.py), so
+# what the stop leaves is a few times AUTO_TOL. Measured at k=4096 on 200k x 64: tol 0.002
+# ran 17 epochs to 1.0044x the floor, 0.003 14 epochs to 1.0064x (17% less time), 0.005 12
+# to 1.0084x. A learned encoder's features move every epoch, so its inertia change measures
+# the representation learning, not the centers: it runs its ``epochs``.
+AUTO_TOL = 3e-3
+
 
 def phase_for_epoch(epoch: int, has_decoder: bool) -> str:
     """Phase of clustering epoch ``epoch`` (0-based, pretraining not counted).
@@ -63,18 +93,51 @@ def phase_for_epoch(epoch: int, has_decoder: bool) -> str:
     return CENTERS if (not has_decoder or epoch % 2 == 0) else FEATURES
 
 
+def batch_size_for(cfg: TrainConfig) -> int:
+    """Rows per optimizer step (global batch): ``cfg.batch_size`` when set; otherwise (None)
+    :data:`LEARNED_BATCH_SIZE` for mlp and conv, and for identity ``ROWS_PER_CENTER_STEP * k``
+    clipped to [:data:`MIN_BATCH_SIZE`, ``MAX_SCORE_FLOATS // k``].
+
+    >>> from tell.config import TrainConfig
+    >>> [batch_size_for(TrainConfig(k=k)) for k in (10, 256, 1024, 4096, 16384, 65536)]
+    [256, 512, 2048, 2048, 512, 256]
+    """
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    if cfg.encoder != "identity":
+        return LEARNED_BATCH_SIZE
+    cap = max(MIN_BATCH_SIZE, MAX_SCORE_FLOATS // cfg.k)
+    return min(max(ROWS_PER_CENTER_STEP * cfg.k, MIN_BATCH_SIZE), cap)
+
+
+def tol_for(cfg: TrainConfig) -> float:
+    """Relative inertia change that ends the run: ``cfg.tol`` when set; otherwise (None)
+    :data:`AUTO_TOL` for identity and 0 (never stop early) for learned encoders."""
+    if cfg.tol is not None:
+        return cfg.tol
+    return AUTO_TOL if cfg.encoder == "identity" else 0.0
+
+
+def init_sample_rows_for(cfg: TrainConfig, n_rows: int) -> int:
+    """Rows of the seeding sample: ``cfg.init_sample_rows`` when set (at most ``n_rows``);
+    otherwise (None) :func:`tell.init.sample_rows_for` (k, n_rows), which follows k."""
+    if cfg.init_sample_rows is not None:
+        return min(cfg.init_sample_rows, n_rows)
+    return sample_rows_for(cfg.k, n_rows)
+
+
 def pretrain_epochs_for(cfg: TrainConfig, n_rows: int, has_decoder: bool) -> int:
     """Autoencoder-only epochs before the centers start.
 
     ``cfg.pretrain_epochs`` when set; otherwise (None) ``PRETRAIN_STEPS`` optimizer steps
-    of ``cfg.batch_size`` rows over ``n_rows`` rows, clipped to
+    of :func:`batch_size_for` rows over ``n_rows`` rows, clipped to
     [``PRETRAIN_MIN_EPOCHS``, ``PRETRAIN_MAX_EPOCHS``]. Zero for a model without a decoder.
     """
     if not has_decoder:
         return 0
     if cfg.pretrain_epochs is not None:
         return cfg.pretrain_epochs
-    steps_per_epoch = max(1, math.ceil(n_rows / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(n_rows / batch_size_for(cfg)))
     wanted = math.ceil(PRETRAIN_STEPS / steps_per_epoch)
     return min(max(wanted, PRETRAIN_MIN_EPOCHS), PRETRAIN_MAX_EPOCHS)
 
@@ -150,6 +213,8 @@ class EpochSchedule:
         self.guard_events: list[dict[str, Any]] = []
         self._cluster_weight = cfg.cluster_weight
         self._clustering_start = self.pretrain_epochs  # index of the current attempt's epoch 0
+        self._end = cfg.epochs  # clustering epochs of this attempt (convergence shortens it)
+        self._settling = False  # converged; the last moved centers settle until _end
         self._reference: dict[str, float] | None = None
         self._restart_pending = False
         for summary in history:
@@ -164,10 +229,10 @@ class EpochSchedule:
         if index < self.pretrain_epochs:
             return EpochPlan(index, PRETRAIN, False, False, False, self._cluster_weight)
         epoch = index - self._clustering_start  # clustering epoch of this attempt
-        if epoch >= self.cfg.epochs:
+        if epoch >= self._end:
             return None
         phase = phase_for_epoch(epoch, self.has_decoder)
-        repair = self.cfg.repair and phase == CENTERS and epoch < self.cfg.epochs - SETTLE_EPOCHS
+        repair = self.cfg.repair and phase == CENTERS and epoch < self._end - SETTLE_EPOCHS
         return EpochPlan(
             index=index,
             phase=phase,
@@ -180,7 +245,7 @@ class EpochSchedule:
     @property
     def total_epochs(self) -> int:
         """Epochs of the run as planned now (restarts add epochs; early stops remove some)."""
-        return self._clustering_start + self.cfg.epochs
+        return self._clustering_start + self._end
 
     # ---------------------------------------------------------------- record
     def record(self, summary: dict[str, Any]) -> dict[str, Any]:
@@ -203,8 +268,16 @@ class EpochSchedule:
             return entry
         if self.has_decoder and self.cfg.collapse_guard and self._collapsed(plan, entry):
             return entry
-        if self._converged(plan, entry):
-            self.stop_reason = "converged"
+        epoch = plan.index - self._clustering_start
+        if self._settling and epoch + 1 >= self._end:
+            self.stop_reason = "converged"  # the last settling epoch after convergence
+        elif self._converged(plan, entry):
+            if entry.get("moved", 0) == 0:
+                self.stop_reason = "converged"
+            else:  # centers just moved: let them settle, without repair, then stop
+                self._end = min(self._end, epoch + 1 + SETTLE_EPOCHS)
+                self._settling = True
+            entry["converged"] = True
         return entry
 
     def _collapsed(self, plan: EpochPlan, entry: dict[str, Any]) -> bool:
@@ -229,17 +302,21 @@ class EpochSchedule:
         self.restarts += 1
         self._cluster_weight = plan.cluster_weight * RESTART_WEIGHT_FACTOR
         self._clustering_start = len(self.history)
+        self._end, self._settling = self.cfg.epochs, False
         entry["guard"] = "restart"
         return True
 
     def _converged(self, plan: EpochPlan, entry: dict[str, Any]) -> bool:
-        if self.cfg.tol <= 0 or plan.phase != CENTERS or entry.get("moved", 0) > 0:
+        """Whether this centers epoch changed the inertia by at most :func:`tol_for`
+        (relative to the previous centers epoch of this attempt), for the first time."""
+        tol = tol_for(self.cfg)
+        if tol <= 0 or plan.phase != CENTERS or self._settling:
             return False
         previous = [h for h in self.history[self._clustering_start : -1] if h["phase"] == CENTERS]
         if not previous:
             return False
         before, now = previous[-1]["inertia_per_row"], entry["inertia_per_row"]
-        return abs(before - now) <= self.cfg.tol * max(before, 1e-12)
+        return abs(before - now) <= tol * max(before, 1e-12)
 
     # --------------------------------------------------------------- outcome
     def collapse_message(self) -> str:
@@ -274,8 +351,11 @@ __all__ = [
     "PRETRAIN",
     "EpochPlan",
     "EpochSchedule",
+    "batch_size_for",
     "collapse_signals",
     "effective_clusters",
+    "init_sample_rows_for",
     "phase_for_epoch",
     "pretrain_epochs_for",
+    "tol_for",
 ]

@@ -33,6 +33,7 @@ from tell.errors import TellConfigError, TellDataError
 from tell.estimator import judge_encoder
 from tell.io import screen_rows
 from tell.model import TELLNet
+from tell.schedule import init_sample_rows_for
 from tell.verdict import verdict_rows
 
 logger = logging.getLogger("tell.train")
@@ -115,7 +116,8 @@ def main(job: TrainJob) -> dict[str, Any]:
     with watchdog.watch(job.stall_timeout_s, "train") as beat:
         # One read validates every row and draws the k-means++ sample; when the features fit,
         # it also keeps them decoded in the object store, so epochs never re-read the files.
-        scan = scan_input(info, cfg.init_sample_rows, cfg.seed, keep=materialized, beat=beat)
+        sample_rows = init_sample_rows_for(cfg, info.num_rows)
+        scan = scan_input(info, sample_rows, cfg.seed, keep=materialized, beat=beat)
         scan_s = time.perf_counter() - started
         progress.line(
             f"scanned {scan.rows:,} rows ({scan.bad_rows} bad) and drew {len(scan.sample):,} "

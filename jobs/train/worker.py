@@ -32,7 +32,7 @@ from tell.engine import run_epoch
 from tell.init import initial_centers
 from tell.model import TELLNet
 from tell.optim import make_optimizer
-from tell.schedule import EpochSchedule
+from tell.schedule import EpochSchedule, batch_size_for
 
 logger = logging.getLogger("tell.train")
 
@@ -129,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # The driver pads the input to a multiple of the world size, so Ray Train's equal split
     # gives every rank exactly rows_per_worker rows and drops none; every rank then takes
     # the same number of batches, the last one partial (no row is left out of any epoch).
-    local_batch = local_batch_rows(cfg.batch_size, world, config["rows_per_worker"])
+    local_batch = local_batch_rows(batch_size_for(cfg), world, config["rows_per_worker"])
     max_steps = math.ceil(config["rows_per_worker"] / local_batch)
     # The epoch plan (tell/schedule.py) is the estimator's; a resumed run replays its history.
     schedule = EpochSchedule(cfg, config["rows"], net.has_decoder, history=history)

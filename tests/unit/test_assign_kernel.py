@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tell.assign import _top2_numpy, _top2_torch, assign, top2
+from tell.assign import _top2_numpy, _top2_torch, assign, top2_nearest
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -42,9 +42,19 @@ def test_top2_kernels_agree_with_topk_and_leave_scores_unchanged(kernel):
     assert torch.equal(scores.gather(1, runner_up[:, None]).squeeze(1), second)
 
 
-def test_top2_allocates_its_outputs():
-    scores = torch.randn(20, 5, generator=torch.Generator().manual_seed(3))
-    labels, runner_up, best, second = top2(scores)
-    assert labels.dtype == runner_up.dtype == torch.int64
-    assert (labels != runner_up).all()
-    assert (best >= second).all()
+def test_top2_nearest_matches_a_full_score_matrix_and_honours_excluded_centers():
+    """The training forward's chunked assignment equals the full (n, k) argmax passes."""
+    g = torch.Generator().manual_seed(3)
+    z = F.normalize(torch.randn(300, 6, generator=g), dim=1)
+    centers = F.normalize(torch.randn(9, 6, generator=g), dim=1)
+    scores = z @ centers.T
+    labels, runner_up, best, second = top2_nearest(z, centers, chunk_rows=64)
+    values, order = scores.topk(2, dim=1)
+    assert torch.equal(labels, order[:, 0]) and torch.equal(runner_up, order[:, 1])
+    torch.testing.assert_close(best, values[:, 0])
+    torch.testing.assert_close(second, values[:, 1])
+    excluded = torch.zeros(9, dtype=torch.bool)
+    excluded[labels[0]] = True
+    labels_x, _, _, _ = top2_nearest(z, centers, excluded)
+    assert not (labels_x == labels[0]).any()
+    assert torch.equal(labels_x, scores.masked_fill(excluded, -1.0).argmax(dim=1))

@@ -33,8 +33,10 @@ def test_init_only_stores_parameters():
 def test_fit_returns_self_and_sets_fitted_attributes(fitted):
     est, _, _ = fitted
     assert est.cluster_centers_.shape == (5, 16)
-    assert est.labels_.shape == (2000,) and est.n_iter_ == 6 and len(est.history_) == 6
-    assert est.inertia_ > 0
+    assert est.labels_.shape == (2000,) and est.inertia_ > 0
+    # well separated blobs: the automatic stop (identity, tol 0.003) ends before max_iter
+    assert est.n_iter_ == len(est.history_) < 6
+    assert est.outcome_["stop_reason"] == "converged"
 
 
 def test_not_fitted_error():

@@ -16,9 +16,13 @@ from tell.schedule import (
     PRETRAIN,
     PRETRAIN_MAX_EPOCHS,
     PRETRAIN_MIN_EPOCHS,
+    SETTLE_EPOCHS,
     EpochSchedule,
+    batch_size_for,
     effective_clusters,
+    init_sample_rows_for,
     pretrain_epochs_for,
+    tol_for,
 )
 
 
@@ -53,7 +57,7 @@ def test_plan_pretrains_then_initialises_alternates_and_settles():
 
 
 def test_identity_trains_centers_every_epoch_and_never_pretrains():
-    cfg = TrainConfig(k=4, epochs=4, pretrain_epochs=5)
+    cfg = TrainConfig(k=4, epochs=4, pretrain_epochs=5, tol=0)
     plans = _dry_run(EpochSchedule(cfg, n_rows=1000, has_decoder=False))
     assert [p.phase for p in plans] == [CENTERS] * 4
     assert plans[0].init_centers and not any(p.init_centers for p in plans[1:])
@@ -91,6 +95,40 @@ def test_tol_stops_when_inertia_settles_and_no_center_moved():
     assert len(plans) == 4  # 0.5 -> 0.499 is a 0.2% change
 
 
+def test_convergence_with_moved_centers_settles_without_repair_then_stops():
+    """The automatic stop (identity: tol 0.003): an epoch that still moved centers is
+    followed by SETTLE_EPOCHS epochs without repair; a resumed run replays the same plan."""
+    cfg = TrainConfig(k=4, epochs=20)
+    inertias = [0.9, 0.6, 0.5, 0.4995, 0.45, 0.449, 0.44, 0.43, 0.42]
+    moved = [5, 3, 2, 1, 0, 0, 0, 0, 0]
+    summaries = lambda p: _summary(inertia=inertias[p.index], moved=moved[p.index])  # noqa: E731
+    schedule = EpochSchedule(cfg, 1000, False)
+    plans = _dry_run(schedule, summaries)
+    assert len(plans) == 4 + SETTLE_EPOCHS  # converged at epoch 3 (0.1%), one center moved
+    assert [p.repair for p in plans] == [True] * 4 + [False] * SETTLE_EPOCHS
+    assert schedule.total_epochs == len(plans) and schedule.history[3]["converged"]
+    assert schedule.stop_reason == "converged"
+    replayed = EpochSchedule(cfg, 1000, False, history=schedule.history[:5])
+    assert [p.repair for p in _dry_run(replayed, summaries)] == [False] * (SETTLE_EPOCHS - 1)
+    # a learned encoder runs its epochs: its features move, so inertia says nothing of the centers
+    assert tol_for(TrainConfig(k=4, encoder="mlp")) == 0.0 and tol_for(cfg) == 0.003
+    assert tol_for(TrainConfig(k=4, tol=0.0)) == 0.0
+
+
+def test_automatic_batch_and_sample_follow_k():
+    """identity: about 2 rows per center per step, the (B, k) scores at most 32 MiB;
+    learned encoders: their optimizer's 256. The seeding sample: 64 rows per center."""
+    sizes = {k: batch_size_for(TrainConfig(k=k)) for k in (2, 128, 1024, 4096, 65536, 10**6)}
+    assert sizes == {2: 256, 128: 256, 1024: 2048, 4096: 2048, 65536: 256, 10**6: 256}
+    assert all(b * k <= 1 << 23 for k, b in sizes.items() if k <= 32768)
+    assert batch_size_for(TrainConfig(k=4096, encoder="mlp")) == 256
+    assert batch_size_for(TrainConfig(k=4096, batch_size=100)) == 100
+    assert init_sample_rows_for(TrainConfig(k=10), 10**9) == 10_000
+    assert init_sample_rows_for(TrainConfig(k=4096), 10**9) == 64 * 4096
+    assert init_sample_rows_for(TrainConfig(k=4096), 50_000) == 50_000
+    assert init_sample_rows_for(TrainConfig(k=10, init_sample_rows=500), 300) == 300
+
+
 def test_guard_restarts_with_a_smaller_weight_then_refuses():
     cfg = TrainConfig(k=4, encoder="mlp", epochs=4, pretrain_epochs=1, cluster_weight=1.0)
     schedule = EpochSchedule(cfg, 1000, True)
@@ -113,7 +151,7 @@ def test_guard_watches_the_sizes_too_and_ignores_identity():
     schedule = EpochSchedule(cfg, 1000, True)
     _dry_run(schedule, one_cluster)
     assert schedule.restarts == MAX_RESTARTS and schedule.stop_reason == "collapsed"
-    identity = EpochSchedule(TrainConfig(k=4, epochs=4), 1000, False)
+    identity = EpochSchedule(TrainConfig(k=4, epochs=4, tol=0), 1000, False)
     _dry_run(identity, one_cluster)
     assert identity.restarts == 0 and identity.stop_reason is None
     assert effective_clusters([5, 5]) == pytest.approx(2.0)
