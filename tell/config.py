@@ -37,6 +37,9 @@ class TrainConfig:
     batch_size : rows per step (global batch; split across workers in the jobs); None:
         automatic (``tell.schedule.batch_size_for``: 256 for mlp/conv, about 2 rows per
         center for identity).
+    epoch_rows : rows one clustering epoch trains on (a fresh random subset each epoch);
+        None: automatic (``tell.schedule.epoch_rows_for``: all rows for mlp/conv, at most
+        256 per center for identity).
     optimizer : the autoencoder's optimizer (the reference: Adadelta, lr 1.0).
     lr : its learning rate.
     alpha : scale of the clustering layer (rows of W at norm 2*alpha).
@@ -66,6 +69,7 @@ class TrainConfig:
     epochs: int = 20
     pretrain_epochs: int | None = None
     batch_size: int | None = None
+    epoch_rows: int | None = None
     optimizer: str = "adam"
     lr: float = 1e-3
     alpha: float = 0.001
@@ -88,7 +92,7 @@ class TrainConfig:
         check_choice("init", self.init, INITS)
         for name in ("latent_dim", "epochs", "n_init"):
             check_range(name, getattr(self, name), low=1)
-        for name in ("batch_size", "init_sample_rows"):
+        for name in ("batch_size", "epoch_rows", "init_sample_rows"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), low=1)
         if self.pretrain_epochs is not None:

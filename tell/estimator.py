@@ -25,13 +25,14 @@ from tell.config import TrainConfig, check_choice
 from tell.engine import run_epoch
 from tell.errors import NotFittedError, TellCollapseError
 from tell.init import initial_centers
-from tell.metrics import inertia as inertia_of
 from tell.model import TELLNet
 from tell.optim import make_optimizer
 from tell.schedule import (
+    PRETRAIN,
     EpochPlan,
     EpochSchedule,
     batch_size_for,
+    epoch_rows_for,
     init_sample_rows_for,
     phase_for_epoch,
 )
@@ -57,6 +58,9 @@ class TELL:
         automatic (``tell.schedule.pretrain_epochs_for``).
     batch_size, optimizer, lr : minibatch size (None: automatic, ``tell.schedule.batch_size_for``)
         and the autoencoder's optimizer.
+    epoch_rows : rows of X one clustering epoch trains on, a fresh random subset each epoch
+        (None: automatic, ``tell.schedule.epoch_rows_for``: all for mlp/conv, at most 256 per
+        center for identity).
     alpha, cluster_weight, grad_fraction, center_lr : the clustering layer's scale, lambda,
         the gradient normalisation (10% of the center norm) and the center step multiplier.
     init : "k-means++" (greedy, on encoded features) or "random" (the paper).
@@ -100,6 +104,7 @@ class TELL:
         max_iter: int = 20,
         pretrain_epochs: int | None = None,
         batch_size: int | None = None,
+        epoch_rows: int | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         alpha: float = 0.001,
@@ -125,6 +130,7 @@ class TELL:
         self.max_iter = max_iter
         self.pretrain_epochs = pretrain_epochs
         self.batch_size = batch_size
+        self.epoch_rows = epoch_rows
         self.optimizer = optimizer
         self.lr = lr
         self.alpha = alpha
@@ -166,8 +172,9 @@ class TELL:
         self._partial_epoch = self.n_iter_
         self._optimizer = make_optimizer(self.model_, cfg.optimizer, cfg.lr)
         z = self._encode(x_all)
-        self.labels_ = assign(z, self.model_.cluster.centers).labels.cpu().numpy()
-        self.inertia_ = inertia_of(z.cpu().numpy(), self.cluster_centers_, self.labels_)
+        nearest = assign(z, self.model_.cluster.centers)
+        self.labels_ = nearest.labels.cpu().numpy()
+        self.inertia_ = float(nearest.distance.double().sum())  # squared distances, summed
         self.verdict_ = (
             judge_encoder(self.model_, _sample(x_all, verdict_rows(cfg.k), cfg.seed), cfg.seed)
             if self.model_.has_decoder
@@ -218,7 +225,8 @@ class TELL:
                     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
                 pretrained = pretrained or {k: v.clone() for k, v in net.state_dict().items()}
                 self._init_centers(net, x_all, cfg, seed + schedule.restarts)
-            batches = _shuffled_batches(x_all, batch_size_for(cfg), generator)
+            rows = x_all.shape[0] if plan.phase == PRETRAIN else epoch_rows_for(cfg, len(x_all))
+            batches = _shuffled_batches(x_all, batch_size_for(cfg), generator, rows)
             summary = schedule.record(run_epoch(net, batches, optimizer, plan, cfg))
             if self.verbose:
                 logger.info("epoch %d %s: %s", plan.index, plan.phase, _short(summary))
@@ -337,6 +345,7 @@ class TELL:
             epochs=self.max_iter,
             pretrain_epochs=self.pretrain_epochs,
             batch_size=self.batch_size,
+            epoch_rows=self.epoch_rows,
             optimizer=self.optimizer,
             lr=self.lr,
             alpha=self.alpha,
@@ -407,12 +416,12 @@ def _sample(x_all: torch.Tensor, n_rows: int, seed: int) -> torch.Tensor:
 
 
 def _shuffled_batches(
-    x_all: torch.Tensor, batch_size: int, generator: torch.Generator
+    x_all: torch.Tensor, batch_size: int, generator: torch.Generator, rows: int | None = None
 ) -> Iterator[torch.Tensor]:
-    """Rows of x_all in a random order, in batches (a trailing batch of one row is dropped:
-    batch norm cannot train on it)."""
-    order = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
-    for start in range(0, x_all.shape[0], batch_size):
+    """``rows`` (default all) rows of x_all drawn in a random order, in batches (a trailing
+    batch of one row is dropped: batch norm cannot train on it)."""
+    order = torch.randperm(x_all.shape[0], generator=generator)[:rows].to(x_all.device)
+    for start in range(0, order.shape[0], batch_size):
         idx = order[start : start + batch_size]
         if idx.numel() >= 2 or x_all.shape[0] == 1:
             yield x_all[idx]

@@ -19,7 +19,8 @@ plan for the same config:
 
 **Automatic settings** (a config field left at None; docs/DEFAULTS.md has the
 measurements): :func:`batch_size_for` (the identity encoder's batch follows k: about two
-rows per center per step, its (B, k) score buffer bounded), :func:`tol_for` (the identity
+rows per center per step, 256 to 2048), :func:`epoch_rows_for` (the identity encoder's epoch is
+at most 256 rows per center, a fresh random subset each epoch), :func:`tol_for` (the identity
 encoder stops when an epoch improves the inertia by at most :data:`AUTO_TOL`) and
 :func:`init_sample_rows_for` (the seeding sample follows k, ``tell.init.sample_rows_for``).
 
@@ -65,14 +66,24 @@ PRETRAIN_MAX_EPOCHS = 100
 
 # Automatic batch size. A learned encoder's batch is its optimizer's setting (Adam at 1e-3
 # was measured with 256, docs/DEFAULTS.md). The identity encoder has no optimizer: its
-# batch only sets how many rows each center's normalised step averages and how large the
-# (B, k) score buffer is. Measured (200k x 64, 1 thread, bench/scale_k.py): about two rows
-# per center per step converges in the fewest epochs, and an epoch costs least while the
-# scores stay within a few tens of MiB (k=4096: batch 2048 took 0.57x the time of 4096).
+# batch only sets how many rows each center's normalised step averages and how many steps
+# an epoch takes. Measured (200k x 64, 1 thread, bench/scale_k.py): two rows per center per
+# step converge in the fewest epochs at k <= 1024 (k=256: 4 epochs at batch 512, 8 at
+# 2048); with few rows per center a larger batch gives each center fewer updates per epoch
+# (k=4096, 10 epochs: batch 2048 1.0121x the floor, 4096 1.0157x, 8192 1.0244x), and below
+# 2048 the per-step work on all k centers grows (k=16384: batch 512 took 1.19x the time of
+# 2048 for the same inertia).
 LEARNED_BATCH_SIZE = 256
 ROWS_PER_CENTER_STEP = 2
 MIN_BATCH_SIZE = 256
-MAX_SCORE_FLOATS = 1 << 23  # B * k float32 scores per step: 32 MiB
+MAX_BATCH_SIZE = 2048
+
+# Automatic epoch length (identity encoder): with many rows per center an epoch over all of
+# them repeats what the centers already know (each center's step is an exponential average
+# that forgets after ~10 updates). faiss trains on at most 256 rows per center for the same
+# reason. Measured at 1M x 128, k=1024 (977 rows per center): 6 full epochs took 2.4x
+# faiss's time at 1.0005x the floor (bench-results/scale-k.json, before this rule).
+EPOCH_ROWS_PER_CENTER = 256
 
 # Automatic stopping (identity encoder): an epoch that improves the inertia by at most this
 # fraction ends the run (after SETTLE_EPOCHS more if it moved centers). The per-epoch gains
@@ -96,18 +107,34 @@ def phase_for_epoch(epoch: int, has_decoder: bool) -> str:
 def batch_size_for(cfg: TrainConfig) -> int:
     """Rows per optimizer step (global batch): ``cfg.batch_size`` when set; otherwise (None)
     :data:`LEARNED_BATCH_SIZE` for mlp and conv, and for identity ``ROWS_PER_CENTER_STEP * k``
-    clipped to [:data:`MIN_BATCH_SIZE`, ``MAX_SCORE_FLOATS // k``].
+    clipped to [:data:`MIN_BATCH_SIZE`, :data:`MAX_BATCH_SIZE`].
 
     >>> from tell.config import TrainConfig
-    >>> [batch_size_for(TrainConfig(k=k)) for k in (10, 256, 1024, 4096, 16384, 65536)]
-    [256, 512, 2048, 2048, 512, 256]
+    >>> [batch_size_for(TrainConfig(k=k)) for k in (10, 256, 1024, 4096, 65536)]
+    [256, 512, 2048, 2048, 2048]
     """
     if cfg.batch_size is not None:
         return cfg.batch_size
     if cfg.encoder != "identity":
         return LEARNED_BATCH_SIZE
-    cap = max(MIN_BATCH_SIZE, MAX_SCORE_FLOATS // cfg.k)
-    return min(max(ROWS_PER_CENTER_STEP * cfg.k, MIN_BATCH_SIZE), cap)
+    return min(max(ROWS_PER_CENTER_STEP * cfg.k, MIN_BATCH_SIZE), MAX_BATCH_SIZE)
+
+
+def epoch_rows_for(cfg: TrainConfig, n_rows: int) -> int:
+    """Rows one clustering epoch trains on: ``cfg.epoch_rows`` when set; otherwise (None)
+    all ``n_rows`` for mlp and conv (their epochs learn the representation), and for identity
+    at most :data:`EPOCH_ROWS_PER_CENTER` x k rows (faiss's training sample per center), a
+    fresh random subset each epoch. Never more than ``n_rows``.
+
+    >>> from tell.config import TrainConfig
+    >>> [epoch_rows_for(TrainConfig(k=k), 10**6) for k in (256, 1024, 4096)]
+    [65536, 262144, 1000000]
+    """
+    if cfg.epoch_rows is not None:
+        return min(cfg.epoch_rows, n_rows)
+    if cfg.encoder != "identity":
+        return n_rows
+    return min(n_rows, EPOCH_ROWS_PER_CENTER * cfg.k)
 
 
 def tol_for(cfg: TrainConfig) -> float:
@@ -354,6 +381,7 @@ __all__ = [
     "batch_size_for",
     "collapse_signals",
     "effective_clusters",
+    "epoch_rows_for",
     "init_sample_rows_for",
     "phase_for_epoch",
     "pretrain_epochs_for",

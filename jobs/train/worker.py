@@ -32,7 +32,7 @@ from tell.engine import run_epoch
 from tell.init import initial_centers
 from tell.model import TELLNet
 from tell.optim import make_optimizer
-from tell.schedule import EpochSchedule, batch_size_for
+from tell.schedule import PRETRAIN, EpochSchedule, batch_size_for, epoch_rows_for
 
 logger = logging.getLogger("tell.train")
 
@@ -48,6 +48,23 @@ def _collectives(world: int):
         return torch.cat(parts)
 
     return (lambda t: dist.all_reduce(t)), all_gather
+
+
+def replica_divergence(weight: torch.Tensor, world: int) -> float:
+    """How far the ranks' centers drifted apart: the spread (max - min over ranks) of two
+    fingerprints of ``weight`` (k, d), its sum and a fixed random bilinear form of it, in
+    float64. Exactly 0 when every rank holds the same weights. Two all-reduces of two
+    numbers each, whatever k is (an all-gather of the weights would move world x k x d)."""
+    if world == 1:
+        return 0.0
+    w = weight.double()
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = (torch.rand(n, generator=generator, dtype=w.dtype).to(w.device) for n in w.shape)
+    prints = torch.stack((w.sum(), (w @ cols) @ rows))
+    high, low = prints.clone(), prints.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).max())
 
 
 def local_batch_rows(batch_size: int, world: int, rows_per_worker: int) -> int:
@@ -130,7 +147,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # gives every rank exactly rows_per_worker rows and drops none; every rank then takes
     # the same number of batches, the last one partial (no row is left out of any epoch).
     local_batch = local_batch_rows(batch_size_for(cfg), world, config["rows_per_worker"])
-    max_steps = math.ceil(config["rows_per_worker"] / local_batch)
+    all_steps = math.ceil(config["rows_per_worker"] / local_batch)  # a whole shard
+    # A clustering epoch may train on fewer rows (tell.schedule.epoch_rows_for): the first
+    # ones of this epoch's order (Ray Data reshuffles the blocks every epoch, the shard
+    # iterator its rows), so every epoch trains on a different subset.
+    epoch_rows = epoch_rows_for(cfg, config["rows"])
+    cluster_steps = min(all_steps, math.ceil(epoch_rows / world / local_batch))
     # The epoch plan (tell/schedule.py) is the estimator's; a resumed run replays its history.
     schedule = EpochSchedule(cfg, config["rows"], net.has_decoder, history=history)
     pretrained: dict[str, torch.Tensor] | None = None
@@ -153,9 +175,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=cfg.seed * 100_003 + epoch * 7 + rank,
             device=device,
         )
+        steps = all_steps if plan.phase == PRETRAIN else cluster_steps
         batches = maybe_inject_fault(
             agreed_batches(
-                batches, max_steps, world, all_reduce, device, beat, f"epoch {epoch} rank {rank}"
+                batches, steps, world, all_reduce, device, beat, f"epoch {epoch} rank {rank}"
             ),
             config.get("fault"),
             rank=rank,
@@ -171,12 +194,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             all_gather_fn=all_gather,
         )
         elapsed = time.perf_counter() - started
-        weights = net.cluster.weight.detach()[None]
-        divergence = float((all_gather(weights) - weights).abs().max())
+        divergence = replica_divergence(net.cluster.weight.detach(), world)
         entry = schedule.record(
             {
                 **summary,
                 "rows_per_s": summary["rows"] / max(elapsed, 1e-9),
+                # rows this epoch did not reach: none, or those beyond epoch_rows
                 "rows_skipped": max(0, config["rows_per_worker"] * world - summary["rows"]),
                 "epoch_s": elapsed,
                 "replica_divergence": divergence,

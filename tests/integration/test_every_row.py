@@ -48,6 +48,32 @@ def indexed_rows(tmp_path_factory):
     return directory
 
 
+@pytest.mark.parametrize("materialize", ["auto", "never"])
+def test_an_epoch_of_epoch_rows_trains_a_fresh_subset_each_epoch(
+    ray_cluster, indexed_rows, tmp_path, monkeypatch, materialize
+):
+    """tell.schedule.epoch_rows_for (issue 14): an identity epoch may train on fewer rows than
+    the input (at most 256 per center by default); both ranks stop after the same step, the
+    next epoch starts cleanly, and the subsets differ from epoch to epoch."""
+    record = tmp_path / "record"
+    record.mkdir()
+    monkeypatch.setenv("TELL_FAULT_INJECT", f"record:dir={record}")
+    cfg = TrainConfig(k=4, epochs=EPOCHS, batch_size=128, epoch_rows=384, seed=0, tol=0.0)
+    job = TrainJob(
+        data=str(indexed_rows), out=str(tmp_path / "out"), name=f"subset-{materialize}",
+        workers=2, materialize=materialize, config=cfg,
+    )  # fmt: skip
+    summary = train.main(job)
+    assert summary["epochs"] == EPOCHS and summary["metrics"]["rows"] == 384
+    assert summary["metrics"]["rows_skipped"] == N_ROWS + 1 - 384
+    subsets = []
+    for epoch in range(EPOCHS):
+        seen = np.concatenate([np.load(f) for f in record.glob(f"epoch-{epoch}-rank-*.npy")])
+        assert len(seen) == 384  # 3 steps of 64 rows on each of 2 ranks
+        subsets.append(frozenset(seen.astype(np.int64).tolist()))
+    assert len(set(subsets)) == EPOCHS, "every epoch trained on the same rows"
+
+
 @pytest.mark.parametrize(
     ("workers", "materialize"), [(1, "auto"), (2, "auto"), (3, "never")]
 )  # 3 workers stream the files every epoch: the padding rows are a second dataset there

@@ -260,7 +260,7 @@ def test_node_removed_mid_training_resumes_or_fails_with_one_line(ray_nodes, wor
     s3 = world["s3"]
     argv = [
         "train", "--data", f"{s3}/data", "--out", f"{s3}/train", "--name", "node-lost",
-        "--k", str(K), "--epochs", "4", "--batch-size", "256", "--workers", "3",
+        "--k", str(K), "--epochs", "4", "--tol", "0", "--batch-size", "256", "--workers", "3",
         "--materialize", "auto", "--max-failures", "3", "--stall-timeout-s", "120",
         "--checkpoint-every", "1",  # resume from the newest epoch (the default cadence is 5)
     ]  # fmt: skip

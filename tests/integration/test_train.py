@@ -26,7 +26,7 @@ def clean_run(ray_cluster, training_blobs, tmp_path_factory):
     """One uninterrupted 2-worker run, shared by the tests below."""
     data_dir, _ = training_blobs
     out = tmp_path_factory.mktemp("clean")
-    cfg = TrainConfig(k=K, epochs=4, batch_size=256, seed=0)
+    cfg = TrainConfig(k=K, epochs=4, batch_size=256, tol=0.0, seed=0)  # all 4 epochs
     return train.main(_job(data_dir, out, "ddp-2", cfg)), out, cfg
 
 

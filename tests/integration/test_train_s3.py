@@ -25,7 +25,7 @@ def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, training_blobs, s3_buck
         pq.write_table(
             pq.read_table(path), loc.join(f"part-{i}.parquet").path, filesystem=loc.filesystem
         )
-    cfg = TrainConfig(k=K, epochs=2, batch_size=256, seed=0)
+    cfg = TrainConfig(k=K, epochs=2, batch_size=256, tol=0.0, seed=0)
     job = TrainJob(
         data=f"{s3_bucket}/input",
         out=f"{s3_bucket}/out",

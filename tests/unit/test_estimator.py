@@ -168,3 +168,14 @@ def test_wrong_dimension_at_predict(fitted):
 def test_wrong_params(params, match):
     with pytest.raises(TellConfigError, match=match):
         TELL(**{"n_clusters": 3, **params}).fit(np.random.rand(10, 4))
+
+
+def test_identity_epochs_train_on_a_fresh_subset_of_epoch_rows():
+    """tell.schedule.epoch_rows_for: an epoch of at most 256 rows per center for identity
+    (here set explicitly), a different random subset each epoch; labels cover every row."""
+    x, y = blobs()
+    est = TELL(5, max_iter=4, epoch_rows=500, tol=0, random_state=0).fit(x)
+    assert [h["rows"] for h in est.history_] == [500] * 4
+    assert est.labels_.shape == (2000,) and cluster_accuracy(y, est.labels_) > 0.95
+    auto = TELL(5, max_iter=2, tol=0, random_state=0).fit(x)
+    assert [h["rows"] for h in auto.history_] == [256 * 5] * 2  # 1280 of 2000 rows

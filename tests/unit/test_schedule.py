@@ -20,6 +20,7 @@ from tell.schedule import (
     EpochSchedule,
     batch_size_for,
     effective_clusters,
+    epoch_rows_for,
     init_sample_rows_for,
     pretrain_epochs_for,
     tol_for,
@@ -116,11 +117,14 @@ def test_convergence_with_moved_centers_settles_without_repair_then_stops():
 
 
 def test_automatic_batch_and_sample_follow_k():
-    """identity: about 2 rows per center per step, the (B, k) scores at most 32 MiB;
-    learned encoders: their optimizer's 256. The seeding sample: 64 rows per center."""
-    sizes = {k: batch_size_for(TrainConfig(k=k)) for k in (2, 128, 1024, 4096, 65536, 10**6)}
-    assert sizes == {2: 256, 128: 256, 1024: 2048, 4096: 2048, 65536: 256, 10**6: 256}
-    assert all(b * k <= 1 << 23 for k, b in sizes.items() if k <= 32768)
+    """identity: about 2 rows per center per step, 256 to 2048 rows; learned encoders:
+    their optimizer's 256. The seeding sample: 64 rows per center; an identity epoch: at
+    most 256 rows per center."""
+    sizes = {k: batch_size_for(TrainConfig(k=k)) for k in (2, 128, 512, 1024, 65536)}
+    assert sizes == {2: 256, 128: 256, 512: 1024, 1024: 2048, 65536: 2048}
+    assert epoch_rows_for(TrainConfig(k=100), 10**6) == 25_600
+    assert epoch_rows_for(TrainConfig(k=100, encoder="mlp"), 10**6) == 10**6
+    assert epoch_rows_for(TrainConfig(k=100, epoch_rows=5000), 3000) == 3000
     assert batch_size_for(TrainConfig(k=4096, encoder="mlp")) == 256
     assert batch_size_for(TrainConfig(k=4096, batch_size=100)) == 100
     assert init_sample_rows_for(TrainConfig(k=10), 10**9) == 10_000
