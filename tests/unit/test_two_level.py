@@ -264,3 +264,12 @@ def test_impossible_shares_are_refused(counts, k):
 def test_default_n_coarse_is_the_rounded_square_root():
     X = make_spherical_blobs(600, 4, 10, seed=0).X
     assert fit_two_level(X, 10, max_iter=2).n_coarse == round(math.sqrt(10)) == 3
+
+
+def test_coarse_centers_without_rows_are_dropped():
+    rng = np.random.default_rng(0)
+    X = _unit(np.array([1.0, 0, 0]) + 0.2 * rng.standard_normal((30, 3)))
+    coarse = torch.tensor([[0, 0, 1.0], [1.0, 0, 0], [-1.0, 0, 0]])  # only e1 has rows
+    split = split_rows(X, coarse, 5)
+    assert split.dropped == 2 and split.counts.tolist() == [30] and split.shares.tolist() == [5]
+    assert torch.equal(split.coarse_centers, coarse[1:2])
