@@ -9,27 +9,31 @@
    default size) and the generating labels;
 2. **floor**: the inertia of the generating partition (each generating cluster at its
    mean, :class:`tell.metrics.PartitionInertia` over chunks: never a float64 copy of X);
-3. **fit**: :func:`tell.two_level.fit_two_level` (library defaults, one process, the fine
-   fits one after another), its time split into coarse fit, split (coarse assignment of
-   every row, the shares) and fine fits;
+3. **fit**: :func:`tell.two_level.fit_two_level` (library defaults), its time split into
+   coarse fit, split (coarse assignment of every row, the shares) and fine fits; the fine
+   fits run one after another in this process, or with ``--fine-processes N`` in a pool of
+   N spawned processes of ``--threads`` threads each (its ``map_fn``);
 4. **evaluation**: the routed fine center of every row (:meth:`TwoLevelModel.predict`, in
    chunks), the partition inertia of those labels (each fine cluster at its mean) over the
    floor and the fine centers used; then the routed-vs-exact disagreement on
    ``--sample-rows`` rows (exact = nearest of all k fine centers).
 
-Peak resident memory (``ru_maxrss``, this process: everything runs in it) is recorded
-after every step. Prints a table and writes JSON (default ``bench-results/two-level.json``).
+Peak resident memory (``ru_maxrss``) of this process is recorded after every step, and that
+of the largest fine-fit process when there is a pool. Prints a table and writes JSON
+(default ``bench-results/two-level.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ from bench.machine import finish, import_psutil, machine_info
 from tell.datasets import iter_spherical_blobs
 from tell.io import embeddings_to_table, table_to_matrix
 from tell.metrics import PartitionInertia
-from tell.two_level import TwoLevelModel, fit_two_level
+from tell.two_level import FineTask, TwoLevelModel, fit_fine, fit_two_level
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "bench-results" / "two-level.json"
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rows", type=int, default=20_000, help="disagreement sample")
     p.add_argument("--file-rows", type=int, default=1_000_000, help="rows per Parquet file")
     p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
+    p.add_argument("--fine-processes", type=int, default=1, help="processes of the fine fits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="Parquet files (default: a temp dir)")
     p.add_argument("--keep-data", action="store_true", help="leave the Parquet files")
@@ -67,6 +72,58 @@ def build_parser() -> argparse.ArgumentParser:
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _init_fine_process(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fit_in_child(task: FineTask) -> tuple[np.ndarray, float]:
+    """:func:`fit_fine` in a pool process, with that process's peak RSS so far (MiB)."""
+    return fit_fine(task), own_peak_rss_mib()
+
+
+class FineMap:
+    """The ``map_fn`` of :func:`fit_two_level`: the builtin ``map`` for one process, else a
+    pool of spawned processes (``imap``: results in task order, tasks drawn as workers free
+    up, so the groups' rows are not all copied at once). ``peak_rss_mib``: the largest peak
+    RSS a pool process reported (0 without a pool)."""
+
+    def __init__(self, pool: Any | None) -> None:
+        self.pool, self.peak_rss_mib = pool, 0.0
+
+    def __call__(self, fn: Callable, tasks: Iterable[FineTask]) -> Iterator[np.ndarray]:
+        if self.pool is None:
+            yield from map(fn, tasks)
+            return
+        for centers, rss_mib in self.pool.imap(_fit_in_child, tasks):
+            self.peak_rss_mib = max(self.peak_rss_mib, rss_mib)
+            yield centers
+
+
+@contextlib.contextmanager
+def fine_map(processes: int, threads: int) -> Iterator[FineMap]:
+    """A :class:`FineMap` over ``processes`` processes of ``threads`` threads each."""
+    if processes <= 1:
+        yield FineMap(None)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's threads started can hang
+    with ctx.Pool(processes, initializer=_init_fine_process, initargs=(threads,)) as pool:
+        yield FineMap(pool)
+
+
+def own_peak_rss_mib() -> float:
+    """This process's own peak resident memory (MiB): VmHWM of /proc/self/status, which a
+    spawned process does not inherit from its parent (``ru_maxrss`` does, across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
 
 
 def write_blobs(args: argparse.Namespace, folder: Path, generating_k: int) -> list[Path]:
@@ -146,8 +203,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     floor = partition_inertia_of(X, y, generating_k)
     del y
     steps.done("floor")
-    model = fit_two_level(X, args.k, n_coarse=args.n_coarse, seed=args.seed)
+    with fine_map(args.fine_processes, args.threads) as map_fn:
+        model = fit_two_level(X, args.k, n_coarse=args.n_coarse, seed=args.seed, map_fn=map_fn)
     steps.done("fit")
+    fine_process_peak = map_fn.peak_rss_mib
     labels = routed_labels(model, X)
     inertia = partition_inertia_of(X, labels, args.k)
     used = int(np.unique(labels).size)
@@ -176,6 +235,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "disagreement_rows": sample.shape[0],
         "disagreement_s": steps.seconds["disagreement"],
         "peak_rss_mib": max(steps.peak_rss_mib.values()),
+        "fine_processes": args.fine_processes,
+        "fine_process_peak_rss_mib": round(fine_process_peak),
         "group_rows": f"{info['group_rows_min']}-{info['group_rows_max']}",
         "shares": f"{info['share_min']}-{info['share_max']}",
         "coarse_sample_rows": info["coarse_sample_rows"],
