@@ -69,7 +69,7 @@ def restore(
     or disagree with the metadata (``source`` names the checkpoint in messages).
     """
     meta = parse_metadata(metadata, source)
-    tensors = _load_tensors(weights, source)
+    tensors = load_tensors(weights, source)
     try:
         spec = EncoderSpec.from_dict(meta["encoder"])
         model = TELLNet(spec, int(meta["n_clusters"]), float(meta["alpha"]))
@@ -121,27 +121,38 @@ def save(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     """Write ``model.safetensors`` and ``metadata.json`` into a local directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights, meta = dump(model, metadata, optimizer)
-    (directory / WEIGHTS_FILE).write_bytes(weights)
-    (directory / METADATA_FILE).write_bytes(meta)
+    write_files(directory, *dump(model, metadata, optimizer))
 
 
 def load(
     directory: str | Path, optimizer: torch.optim.Optimizer | None = None
 ) -> tuple[TELLNet, dict[str, Any]]:
     """Read a checkpoint written by :func:`save` from a local directory."""
-    directory = Path(directory)
-    try:
-        weights = (directory / WEIGHTS_FILE).read_bytes()
-        meta = (directory / METADATA_FILE).read_bytes()
-    except OSError as exc:
-        raise TellCheckpointError(f"Cannot read checkpoint {directory}: {exc.strerror}.") from None
+    weights, meta = read_files(directory)
     return restore(weights, meta, optimizer, source=str(directory))
 
 
-def _load_tensors(weights: bytes, source: str) -> dict[str, torch.Tensor]:
+def write_files(directory: str | Path, weights: bytes, metadata: bytes) -> None:
+    """Write the two blobs as ``model.safetensors`` and ``metadata.json`` into a local
+    directory (created if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / WEIGHTS_FILE).write_bytes(weights)
+    (directory / METADATA_FILE).write_bytes(metadata)
+
+
+def read_files(directory: str | Path) -> tuple[bytes, bytes]:
+    """(weights, metadata) bytes of a local directory written by :func:`write_files`."""
+    directory = Path(directory)
+    try:
+        return (directory / WEIGHTS_FILE).read_bytes(), (directory / METADATA_FILE).read_bytes()
+    except OSError as exc:
+        raise TellCheckpointError(f"Cannot read checkpoint {directory}: {exc.strerror}.") from None
+
+
+def load_tensors(weights: bytes, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Decode safetensors bytes into named CPU tensors, refusing pickles and corrupt files
+    with a TellCheckpointError that names ``source``. Also used by :mod:`tell.two_level`."""
     header_len = int.from_bytes(weights[:8], "little") if len(weights) >= 8 else -1
     looks_safetensors = 0 < header_len <= len(weights) - 8 and weights[8:9] == b"{"
     if not looks_safetensors and weights.startswith(_PICKLE_MAGIC):

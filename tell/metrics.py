@@ -1,8 +1,10 @@
-"""Clustering quality: ACC (Hungarian), NMI, ARI, inertia and the cluster-size histogram."""
+"""Clustering quality: ACC (Hungarian), NMI, ARI, inertia (also streamed over chunks) and the
+cluster-size histogram."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -66,3 +68,45 @@ def partition_inertia(x: np.ndarray, labels: np.ndarray) -> float:
     np.add.at(sums, inverse, x)
     # sum ||x - mean||^2 = sum ||x||^2 - sum_c ||sum_c||^2 / n_c
     return float(np.einsum("ij,ij->", x, x) - (np.einsum("ij,ij->i", sums, sums) / counts).sum())
+
+
+class PartitionInertia:
+    """:func:`partition_inertia` accumulated over chunks of rows, for sets too large for memory.
+
+    Holds the per-cluster sums (k, d) and counts (k,) in float64 (``k * d * 8`` bytes), never
+    the rows: ``add`` every chunk, then read :attr:`value`.
+
+    Parameters
+    ----------
+    n_clusters : int, labels are in [0, n_clusters).
+    n_features : int, d.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 1.0], [0.0, 3.0], [5.0, 5.0]])
+    >>> acc = PartitionInertia(2, 2)
+    >>> acc.add(x[:2], np.array([0, 0])); acc.add(x[2:], np.array([1]))
+    >>> acc.value == partition_inertia(x, [0, 0, 1]) == 2.0
+    True
+    """
+
+    def __init__(self, n_clusters: int, n_features: int) -> None:
+        self._sums = torch.zeros(n_clusters, n_features, dtype=torch.float64)
+        self._counts = torch.zeros(n_clusters, dtype=torch.float64)
+        self._sq_norms = 0.0
+
+    def add(self, x: np.ndarray, labels: np.ndarray) -> None:
+        """Add rows ``x`` (m, d) with their integer ``labels`` (m,)."""
+        rows = torch.from_numpy(np.asarray(x)).double()  # (m, d)
+        index = torch.from_numpy(np.asarray(labels, dtype=np.int64).ravel())
+        self._sums.index_add_(0, index, rows)
+        self._counts += torch.bincount(index, minlength=self._counts.shape[0]).double()
+        self._sq_norms += float(torch.einsum("ij,ij->", rows, rows))
+
+    @property
+    def value(self) -> float:
+        """Sum of squared distances of the rows added so far to their cluster's mean."""
+        used = self._counts > 0
+        sums = self._sums[used]
+        means_sq = torch.einsum("ij,ij->i", sums, sums) / self._counts[used]  # (k_used,)
+        return self._sq_norms - float(means_sq.sum())

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from tell.metrics import (
+    PartitionInertia,
     cluster_accuracy,
     cluster_sizes,
     clustering_scores,
@@ -48,3 +49,13 @@ def test_inertia_and_partition_inertia():
     assert partition_inertia(x, labels) == pytest.approx(2.0)
     centers = np.array([[0.0, 0.0], [10.0, 1.0]])
     assert inertia(x, centers, labels) == pytest.approx(0 + 4 + 1)
+
+
+def test_partition_inertia_streamed_over_chunks_equals_the_whole():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 5)).astype(np.float32)
+    labels = rng.integers(0, 40, size=1000) * 3  # labels 0..117, most never used
+    acc = PartitionInertia(120, 5)
+    for start in range(0, 1000, 128):
+        acc.add(x[start : start + 128], labels[start : start + 128])
+    assert acc.value == pytest.approx(partition_inertia(x, labels), rel=1e-9)
