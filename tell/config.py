@@ -39,7 +39,7 @@ class TrainConfig:
         center for identity).
     epoch_rows : rows one clustering epoch trains on (a fresh random subset each epoch);
         None: automatic (``tell.schedule.epoch_rows_for``: all rows for mlp/conv, at most
-        256 per center for identity).
+        256 per center but at least 65,536 for identity).
     optimizer : the autoencoder's optimizer (the reference: Adadelta, lr 1.0).
     lr : its learning rate.
     alpha : scale of the clustering layer (rows of W at norm 2*alpha).

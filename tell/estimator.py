@@ -59,8 +59,8 @@ class TELL:
     batch_size, optimizer, lr : minibatch size (None: automatic, ``tell.schedule.batch_size_for``)
         and the autoencoder's optimizer.
     epoch_rows : rows of X one clustering epoch trains on, a fresh random subset each epoch
-        (None: automatic, ``tell.schedule.epoch_rows_for``: all for mlp/conv, at most 256 per
-        center for identity).
+        (None: automatic, ``tell.schedule.epoch_rows_for``: all for mlp/conv, 256 per center
+        but at least 65,536 for identity).
     alpha, cluster_weight, grad_fraction, center_lr : the clustering layer's scale, lambda,
         the gradient normalisation (10% of the center norm) and the center step multiplier.
     init : "k-means++" (greedy, on encoded features) or "random" (the paper).

@@ -19,9 +19,10 @@ plan for the same config:
 
 **Automatic settings** (a config field left at None; docs/DEFAULTS.md has the
 measurements): :func:`batch_size_for` (the identity encoder's batch follows k: about two
-rows per center per step, 256 to 2048), :func:`epoch_rows_for` (the identity encoder's epoch is
-at most 256 rows per center, a fresh random subset each epoch), :func:`tol_for` (the identity
-encoder stops when an epoch improves the inertia by at most :data:`AUTO_TOL`) and
+rows per center per step, 256 to 2048), :func:`epoch_rows_for` (the identity encoder's
+epoch is 256 rows per center, at least 65,536, a fresh random subset each epoch),
+:func:`tol_for` (the identity encoder stops when an epoch improves the inertia by at most
+:data:`AUTO_TOL`) and
 :func:`init_sample_rows_for` (the seeding sample follows k, ``tell.init.sample_rows_for``).
 
 The **collapse guard** watches two label-free signals of every clustering epoch of a model
@@ -84,6 +85,11 @@ MAX_BATCH_SIZE = 2048
 # reason. Measured at 1M x 128, k=1024 (977 rows per center): 6 full epochs took 2.4x
 # faiss's time at 1.0005x the floor (bench-results/scale-k.json, before this rule).
 EPOCH_ROWS_PER_CENTER = 256
+# ... but never fewer rows than this: the stop rule compares the inertia of two epochs, and
+# the mean over m rows has a sampling error of about CV / sqrt(m) (CV ~0.3-0.5 for squared
+# distances): 0.1-0.2% at 65,536 rows, below AUTO_TOL. (k=10 would otherwise train epochs of
+# 2,560 rows, 1-2% apart by chance.)
+MIN_EPOCH_ROWS = 65_536
 
 # Automatic stopping (identity encoder): an epoch that improves the inertia by at most this
 # fraction ends the run (after SETTLE_EPOCHS more if it moved centers). The per-epoch gains
@@ -123,18 +129,19 @@ def batch_size_for(cfg: TrainConfig) -> int:
 def epoch_rows_for(cfg: TrainConfig, n_rows: int) -> int:
     """Rows one clustering epoch trains on: ``cfg.epoch_rows`` when set; otherwise (None)
     all ``n_rows`` for mlp and conv (their epochs learn the representation), and for identity
-    at most :data:`EPOCH_ROWS_PER_CENTER` x k rows (faiss's training sample per center), a
-    fresh random subset each epoch. Never more than ``n_rows``.
+    at most :data:`EPOCH_ROWS_PER_CENTER` x k rows (faiss's training sample per center) but
+    at least :data:`MIN_EPOCH_ROWS`, a fresh random subset each epoch. Never more than
+    ``n_rows``.
 
     >>> from tell.config import TrainConfig
-    >>> [epoch_rows_for(TrainConfig(k=k), 10**6) for k in (256, 1024, 4096)]
-    [65536, 262144, 1000000]
+    >>> [epoch_rows_for(TrainConfig(k=k), 10**6) for k in (10, 256, 1024, 4096)]
+    [65536, 65536, 262144, 1000000]
     """
     if cfg.epoch_rows is not None:
         return min(cfg.epoch_rows, n_rows)
     if cfg.encoder != "identity":
         return n_rows
-    return min(n_rows, EPOCH_ROWS_PER_CENTER * cfg.k)
+    return min(n_rows, max(EPOCH_ROWS_PER_CENTER * cfg.k, MIN_EPOCH_ROWS))
 
 
 def tol_for(cfg: TrainConfig) -> float:

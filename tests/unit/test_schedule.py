@@ -122,7 +122,8 @@ def test_automatic_batch_and_sample_follow_k():
     most 256 rows per center."""
     sizes = {k: batch_size_for(TrainConfig(k=k)) for k in (2, 128, 512, 1024, 65536)}
     assert sizes == {2: 256, 128: 256, 512: 1024, 1024: 2048, 65536: 2048}
-    assert epoch_rows_for(TrainConfig(k=100), 10**6) == 25_600
+    assert epoch_rows_for(TrainConfig(k=1000), 10**6) == 256_000
+    assert epoch_rows_for(TrainConfig(k=100), 10**6) == 65_536  # the stop needs a big epoch
     assert epoch_rows_for(TrainConfig(k=100, encoder="mlp"), 10**6) == 10**6
     assert epoch_rows_for(TrainConfig(k=100, epoch_rows=5000), 3000) == 3000
     assert batch_size_for(TrainConfig(k=4096, encoder="mlp")) == 256
