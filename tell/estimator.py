@@ -40,8 +40,6 @@ from tell.verdict import encoder_verdict, verdict_rows
 
 logger = logging.getLogger(__name__)
 
-_INFERENCE_BATCH_ROWS = 8192
-
 
 class TELL:
     """Interpretable neural clustering (Peng et al., JMLR 2022) with fit/predict.
@@ -379,17 +377,7 @@ class TELL:
     @torch.no_grad()
     def _encode(self, x: torch.Tensor, net: TELLNet | None = None) -> torch.Tensor:
         """Unit features (n, d) of rows x (n, D), in eval mode, chunked."""
-        net = net if net is not None else self.model_
-        was_training = net.training
-        net.eval()
-        z = torch.cat(
-            [
-                net.encode(x[i : i + _INFERENCE_BATCH_ROWS])
-                for i in range(0, x.shape[0], _INFERENCE_BATCH_ROWS)
-            ]
-        )
-        net.train(was_training)
-        return z
+        return (net if net is not None else self.model_).encode_all(x)
 
 
 def judge_encoder(net: TELLNet, x_sample: torch.Tensor, seed: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,6 +17,8 @@ from torch.nn import functional as F
 from tell.assign import top2_nearest
 from tell.encoders import EncoderSpec, build_autoencoder
 from tell.layer import DEFAULT_ALPHA, ClusterLayer
+
+ENCODE_CHUNK_ROWS = 8192  # rows per encoder pass at inference: bounds the activations
 
 
 class TELLOutput(NamedTuple):
@@ -108,6 +111,27 @@ class TELLNet(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Unit features (B, d_z) of inputs (B, D). Not for training under DDP."""
         return F.normalize(self.encoder(self.scale_input(x)), dim=1)
+
+    @torch.no_grad()
+    def encode_all(
+        self, x: torch.Tensor | np.ndarray, chunk_rows: int = ENCODE_CHUNK_ROWS
+    ) -> torch.Tensor:
+        """Unit features (n, d_z) float32 of inputs (n, D) for inference: in eval mode (batch
+        norm uses its running statistics; the mode is restored after), without gradients, in
+        chunks of ``chunk_rows`` rows moved to the model's device one at a time. A numpy
+        input is copied chunk by chunk (it may be a read-only object-store view)."""
+        device = self.cluster.weight.device
+        was_training = self.training
+        self.eval()
+        try:
+            parts = [self.cluster.weight.new_empty(0, self.cluster.weight.shape[1])]
+            for start in range(0, len(x), chunk_rows):
+                chunk = x[start : start + chunk_rows]
+                chunk = torch.tensor(chunk) if isinstance(chunk, np.ndarray) else chunk
+                parts.append(self.encode(chunk.to(device)))
+            return torch.cat(parts)
+        finally:
+            self.train(was_training)
 
     def forward(
         self,

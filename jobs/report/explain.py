@@ -28,20 +28,14 @@ from tell.model import TELLNet
 
 logger = logging.getLogger("tell.explain")
 
-ENCODE_BATCH_ROWS = 4096
 NEAREST_PER_CLUSTER = 5
 ID_COLUMN = "id"
 SEED = 0
 
 
-@torch.no_grad()
 def encode(model: TELLNet, x: np.ndarray) -> np.ndarray:
-    """Unit features (n, d_z) float32 of inputs x (n, D), in chunks of ENCODE_BATCH_ROWS."""
-    parts = [
-        model.encode(torch.from_numpy(np.ascontiguousarray(x[i : i + ENCODE_BATCH_ROWS])))
-        for i in range(0, len(x), ENCODE_BATCH_ROWS)
-    ]
-    return torch.cat(parts).numpy()
+    """Unit features (n, d_z) float32 of inputs x (n, D) (``TELLNet.encode_all``)."""
+    return model.encode_all(x).cpu().numpy()
 
 
 @torch.no_grad()

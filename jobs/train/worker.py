@@ -100,19 +100,6 @@ def agreed_batches(
         yield batch["x"]
 
 
-def _encode_sample(net: TELLNet, sample: np.ndarray, device: torch.device) -> torch.Tensor:
-    net.eval()
-    with torch.no_grad():  # torch.tensor copies: the sample is a read-only object-store view
-        z = torch.cat(
-            [
-                net.encode(torch.tensor(sample[i : i + 8192], device=device))
-                for i in range(0, len(sample), 8192)
-            ]
-        )
-    net.train()
-    return z.cpu()
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's loop: one process per worker; see the module docstring."""
     import ray.train
@@ -264,7 +251,7 @@ def _init_centers(
     if rank == 0:
         started = time.perf_counter()
         logger.info("seeding %d centers (%s) on %d sample rows", cfg.k, cfg.init, len(sample))
-        centers = initial_centers(cfg.init, _encode_sample(net, sample, device), cfg.k, seed)
+        centers = initial_centers(cfg.init, net.encode_all(sample).cpu(), cfg.k, seed)
         logger.info("seeded %d centers in %.1f s", cfg.k, time.perf_counter() - started)
     centers = centers.to(device)
     if world > 1:
