@@ -34,7 +34,7 @@ from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
 from tell.config import TrainConfig
 from tell.errors import TellDataError, TellError
-from tell.two_level import FineTask, fit_fine, fit_two_level
+from tell.two_level import FineTask, fit_two_level
 
 # The driver holds every row (X, and its share of the gathered groups) and the scan keeps
 # them in the object store first: each may give the features at most this share.
@@ -83,14 +83,14 @@ def tell_params(cfg: TrainConfig) -> dict[str, Any]:
     return {_TELL_NAMES.get(k, k): v for k, v in cfg.to_dict().items() if k not in _NOT_TELL}
 
 
-def fit_in_task(task: FineTask, threads: int) -> np.ndarray:
-    """A Ray task's fine fit (:func:`tell.two_level.fit_fine`) on ``threads`` torch threads."""
+def call_in_task(fn: Callable[[FineTask], np.ndarray], task: FineTask, threads: int) -> np.ndarray:
+    """The body of a Ray task: ``fn(task)`` (a fine fit) on ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    return fit_fine(task)
+    return fn(task)
 
 
 class RayMap:
-    """``map_fn`` of :func:`fit_two_level`: every fine fit a Ray task of ``cpus`` CPUs, at
+    """``map_fn`` of :func:`fit_two_level`: every ``fn(task)`` a Ray task of ``cpus`` CPUs, at
     most ``in_flight`` submitted at once, results yielded in task order; ``beat`` as each
     one arrives. ``on_start`` runs when the first task is submitted (the driver's own work,
     the coarse fit and the split, is over). A failed task is one line naming its group:
@@ -112,7 +112,7 @@ class RayMap:
     ) -> Iterator[np.ndarray]:
         import ray
 
-        remote = ray.remote(fit_in_task).options(num_cpus=self.cpus)
+        remote = ray.remote(call_in_task).options(num_cpus=self.cpus)
         threads = max(1, int(self.cpus))
         tasks = iter(enumerate(tasks))
         pending: deque[tuple[int, FineTask, Any]] = deque()
@@ -124,7 +124,7 @@ class RayMap:
                     group, task = next(tasks, (None, None))
                     if task is None:
                         break
-                    pending.append((group, task, remote.remote(task, threads)))
+                    pending.append((group, task, remote.remote(fn, task, threads)))
                 if not pending:
                     return
                 group, task, ref = pending.popleft()

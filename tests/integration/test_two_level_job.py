@@ -81,3 +81,26 @@ def test_two_level_train_then_assign(ray_cluster, blobs, tmp_path):
     assert manifest["disagreement"] == trained["disagreement"]
     assert manifest["columns"] == ["id", "cluster", "coarse_cluster", "distance", "runner_up",
                                    "margin"]  # fmt: skip
+
+
+def test_fine_fits_as_ray_tasks_come_back_in_order_and_fail_with_one_line(ray_cluster):
+    from jobs.train.two_level import RayMap
+    from tell.errors import TellDataError
+    from tell.two_level import FineTask, fit_fine
+
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(20, 4)).astype(np.float32) for _ in range(7)]
+    rows = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows]
+    tasks = [FineTask(r, 1, False, seed=i) for i, r in enumerate(rows)]
+    beats: list[str] = []
+    started: list[bool] = []
+    ray_map = RayMap(0.5, 3, beats.append, lambda: started.append(True))
+    got = list(ray_map(fit_fine, tasks))
+    for a, b in zip(got, map(fit_fine, tasks), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert started == [True] and beats[-1] == "fitted 7 fine groups"
+    bad = [*tasks[:2], FineTask(rows[2][:2], 5, False, seed=0)]  # 5 centers from 2 rows
+    with pytest.raises(TellDataError, match=r"^The fine fit of group 2 \(2 rows into 5 ") as e:
+        list(RayMap(0.5, 2, beats.append)(fit_fine, bad))
+    assert "\n" not in str(e.value)
+    print(f"\n{e.value}")
