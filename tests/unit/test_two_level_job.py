@@ -102,3 +102,20 @@ def test_predictor_writes_both_levels_and_an_inf_margin_for_a_lone_center(publis
     runner_up = out["runner_up"].to_numpy(zero_copy_only=False)[ok]
     assert all(math.isinf(m) for m in margin[alone]) and (runner_up[alone] == -1).all()
     assert (margin[~alone] >= 0).all() and (runner_up[~alone] >= 1).all()
+
+
+def test_assign_plan_checks_the_width_of_a_two_level_model(published, tmp_path):
+    from jobs.assign import driver as assign
+    from jobs.config import AssignJob
+    from tell.io import write_parquet_files
+
+    uri, _, X = published
+    for name, width in (("good", 8), ("narrow", 6)):
+        table = embeddings_to_table(X[:, :width], ids=np.arange(len(X)))
+        write_parquet_files(table, tmp_path / name, n_files=1)
+    job = AssignJob(model=uri, data=str(tmp_path / "good"), out=str(tmp_path / "out"))
+    p = assign.plan(job)
+    assert p.n_clusters == 6 and p.columns[:2] == ("cluster", "coarse_cluster")
+    narrow = AssignJob(model=uri, data=str(tmp_path / "narrow"), out=str(tmp_path / "out"))
+    with pytest.raises(TellDataError, match=rf"has 6 values per row, but model {uri} expects 8"):
+        assign.plan(narrow)
