@@ -118,6 +118,7 @@ class RayMap:
         pending: deque[tuple[int, FineTask, Any]] = deque()
         done = 0
         self.on_start()
+        self.beat("started the fine fits")
         try:
             while True:
                 while len(pending) < self.in_flight:

@@ -4,6 +4,8 @@ The fine fits run as Ray tasks; the assignment writes the routed fine label and 
 center of every row, and the manifest records the disagreement measured at training.
 """
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,21 @@ def test_fine_fits_as_ray_tasks_come_back_in_order_and_fail_with_one_line(ray_cl
         list(RayMap(0.5, 2, beats.append)(fit_fine, bad))
     assert "\n" not in str(e.value)
     print(f"\n{e.value}")
+
+
+def test_fine_fits_no_node_can_host_fail_after_the_stall_timeout(ray_cluster, blobs, tmp_path):
+    """Fine fits asking for more CPUs than the cluster has wait forever in Ray: the
+    watchdog ends the job with one line naming the pending demand; no model."""
+    from jobs.runtime import ClusterError
+
+    data_dir, _, _ = blobs
+    cfg = TrainConfig(k=K, seed=0)
+    job = TrainJob(data=str(data_dir), out=str(tmp_path), name="stuck", levels=2,
+                   cpus_per_worker=4, stall_timeout_s=6, config=cfg)  # fmt: skip
+    started = time.monotonic()
+    stalled = r"No progress for \d+ s .*last: started the fine fits.*'CPU': 4\.0"
+    with pytest.raises(ClusterError, match=stalled) as e:
+        train.main(job)
+    assert "\n" not in str(e.value) and time.monotonic() - started < 60
+    assert not (tmp_path / "stuck").exists()
+    print(f"\n{time.monotonic() - started:.0f} s: {e.value}")
