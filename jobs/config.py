@@ -109,6 +109,11 @@ class TrainJob(Resources):
         last one); a failed run resumes from the newest checkpoint.
     checkpoint_min_interval_s : and not sooner than this many seconds after the previous
         checkpoint (0: no minimum), for runs whose epochs take seconds.
+    levels : 1 (one TELL of k centers, Ray Train DDP) or 2 (the two-level model for very
+        large k, tell.two_level: a coarse TELL of about sqrt(k) centers, then each coarse
+        group's share of the k centers fitted as a Ray task; identity encoder, CPU only;
+        workers = fine fits at once, of cpus_per_worker CPUs each).
+    n_coarse : coarse centers of a two-level model, in [1, k] (default: round(sqrt(k))).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("data", "out")
@@ -121,6 +126,8 @@ class TrainJob(Resources):
     materialize: str = "auto"
     checkpoint_every: int = 5
     checkpoint_min_interval_s: float = 0.0
+    levels: int = 1
+    n_coarse: int | None = None
     # The model's hyperparameters: their keys stand at the top level (``k``, ``epochs``).
     # build_job passes them as a mapping, which __post_init__ validates.
     config: TrainConfig = dataclasses.field(kw_only=True)
@@ -145,6 +152,32 @@ class TrainJob(Resources):
                 f"The 'init_sample_rows' ({self.config.init_sample_rows}) must be at least 'k' "
                 f"({self.config.k}): the k initial centers are drawn from that sample."
             )
+        self._check_levels()
+
+    def _check_levels(self) -> None:
+        """``levels`` 2 is k-means of raw rows on CPUs (tell.two_level); ``n_coarse`` is
+        one of its settings."""
+        check_range("levels", self.levels, low=1, high=2)
+        if self.levels == 1:
+            if self.n_coarse is not None:
+                raise TellConfigError(
+                    "The 'n_coarse' applies to two-level models only; add levels: 2 "
+                    "(--levels 2) or drop n_coarse."
+                )
+            return
+        if self.config.encoder != "identity":
+            raise TellConfigError(
+                f"levels: 2 needs the identity encoder (the two-level model clusters the "
+                f"rows as they are); got encoder {self.config.encoder!r}. Use --encoder "
+                "identity, or levels: 1 for a learned encoder."
+            )
+        if self.gpus_per_worker > 0:
+            raise TellConfigError(
+                f"levels: 2 fits on CPUs; 'gpus_per_worker' must be 0 (got "
+                f"{self.gpus_per_worker:g})."
+            )
+        if self.n_coarse is not None:
+            check_range("n_coarse", self.n_coarse, low=1, high=self.config.k)
 
 
 @dataclass(frozen=True)

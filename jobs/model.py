@@ -1,15 +1,19 @@
 """Trained models on object storage: a directory with model.safetensors + metadata.json.
 
 The one owner of the model artifact between the stages: ``tell train`` publishes it
-(:func:`publish`: the ``<out>/<name>/model`` rule), ``tell assign`` and ``tell explain``
-load it (:func:`load_model`), and manifests name it (:func:`model_id`, and the default run
-id of an assignment, :func:`assignment_run_id`). Bytes in, bytes out: the (de)serialisation
-is :mod:`tell.checkpoint`'s; nothing here unpickles.
+(:func:`publish`, or :func:`publish_two_level` for ``--levels 2``: the
+``<out>/<name>/model`` rule), ``tell explain`` loads a TELL model (:func:`load_model`),
+``tell assign`` either kind (:func:`load_assignable`; metadata ``"model": "two_level"``
+marks a :class:`tell.two_level.TwoLevelModel`), and manifests name it (:func:`model_id`,
+:func:`routing`, and the default run id of an assignment, :func:`assignment_run_id`).
+Bytes in, bytes out: the (de)serialisation is :mod:`tell.checkpoint`'s and
+:mod:`tell.two_level`'s; nothing here unpickles.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,11 @@ from jobs import storage
 from tell import checkpoint
 from tell.errors import TellCheckpointError, TellCollapseError, TellDataError
 from tell.model import TELLNet
+from tell.two_level import MODEL_KIND as TWO_LEVEL
+from tell.two_level import TwoLevelModel
 
 MODEL_DIR = "model"
+AnyModel = TELLNet | TwoLevelModel
 
 
 def model_uri(out: str | storage.Location, name: str) -> str:
@@ -70,17 +77,83 @@ def save_model(uri: str, model: TELLNet, metadata: dict[str, Any]) -> None:
     """Write the model (without optimizer state) under ``uri``; metadata.json goes last so a
     reader never sees metadata without its weights. The model's own description (encoder,
     k, alpha, format version) is :func:`tell.checkpoint.dump`'s, whatever ``metadata`` holds."""
-    weights, meta = checkpoint.dump(model, metadata)
+    _write(uri, *checkpoint.dump(model, metadata))
+
+
+def publish_two_level(
+    model: TwoLevelModel, out: str | storage.Location, name: str, metadata: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Publish a two-level model as ``<out>/<name>/model`` with ``metadata`` beside the
+    model's own description (:meth:`TwoLevelModel.dump`: kind, sizes, fit_info, format
+    version; those win over ``metadata``). Returns (the model's URI, its metadata)."""
+    weights, own = model.dump()
+    meta = {**metadata, **json.loads(own)}
+    uri = model_uri(out, name)
+    _write(uri, weights, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return uri, meta
+
+
+def _write(uri: str, weights: bytes, meta: bytes) -> None:
+    """metadata.json goes last, so a reader never sees metadata without its weights."""
     loc = storage.resolve(uri)
     storage.write_bytes(loc.join(checkpoint.WEIGHTS_FILE), weights)
     storage.write_bytes(loc.join(checkpoint.METADATA_FILE), meta)
 
 
+def is_two_level(metadata: dict[str, Any]) -> bool:
+    """Whether a model's metadata describes a :class:`TwoLevelModel`."""
+    return metadata.get("model") == TWO_LEVEL
+
+
 def load_model(uri: str) -> tuple[TELLNet, dict[str, Any]]:
-    """Read and validate a model directory (never unpickles).
+    """Read and validate a TELL model directory (never unpickles); a two-level model is
+    refused with one line (only ``tell assign`` reads it: :func:`load_assignable`).
 
     Returns (model in eval mode, metadata).
     """
+    weights, metadata = _read(uri)
+    if is_two_level(checkpoint.parse_metadata(metadata, uri)):
+        raise TellCheckpointError(
+            f"{uri} is a two-level model (tell train --levels 2); only tell assign reads it "
+            "so far. Pass a one-level model here."
+        )
+    model, meta = checkpoint.restore(weights, metadata, source=uri)
+    return model.eval(), meta
+
+
+def load_assignable(uri: str) -> tuple[AnyModel, dict[str, Any]]:
+    """Read and validate either kind of model directory (never unpickles): a TELL model in
+    eval mode or a :class:`TwoLevelModel` (on the CPU), and its metadata."""
+    weights, metadata = _read(uri)
+    meta = checkpoint.parse_metadata(metadata, uri)
+    if is_two_level(meta):
+        return TwoLevelModel.restore(weights, metadata, source=uri), meta
+    model, meta = checkpoint.restore(weights, metadata, source=uri)
+    return model.eval(), meta
+
+
+def model_shape(model: AnyModel) -> tuple[int, int]:
+    """(values per input row, k fine centers) of either kind of model."""
+    if isinstance(model, TwoLevelModel):
+        return model.n_features, model.n_clusters
+    return model.spec.input_dim, model.cluster.n_clusters
+
+
+def routing(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest records of how rows were routed: ``{"levels": 1}``, or for a
+    two-level model its coarse centers and the routed-vs-exact disagreement measured at
+    training (``{"levels": 2, "n_coarse": ..., "disagreement": {"rate", "rows"}}``)."""
+    if not is_two_level(metadata):
+        return {"levels": 1}
+    return {
+        "levels": 2,
+        "n_coarse": metadata.get("n_coarse"),
+        "disagreement": metadata.get("disagreement"),
+    }
+
+
+def _read(uri: str) -> tuple[bytes, bytes]:
+    """(weights, metadata) bytes of the model directory ``uri``."""
     loc = storage.resolve(uri)
     if loc.is_s3:
         # The endpoint, credentials and bucket first, with one LIST: the HEADs below get
@@ -96,15 +169,16 @@ def load_model(uri: str) -> tuple[TELLNet, dict[str, Any]]:
                 "'tell train' wrote."
             )
         files[name] = storage.read_bytes(path)
-    model, meta = checkpoint.restore(
-        files[checkpoint.WEIGHTS_FILE], files[checkpoint.METADATA_FILE], source=uri
-    )
-    return model.eval(), meta
+    return files[checkpoint.WEIGHTS_FILE], files[checkpoint.METADATA_FILE]
 
 
 def model_id(metadata: dict[str, Any]) -> str:
-    """A stable identifier of a trained model for manifests (run name and epoch)."""
-    return f"{metadata.get('run_name', 'model')}@epoch{metadata.get('epoch', '?')}"
+    """A stable identifier of a trained model for manifests: run name and epoch, or run
+    name and sizes for a two-level model (it has no epochs)."""
+    run = metadata.get("run_name", "model")
+    if is_two_level(metadata):
+        return f"{run}@two_level-k{metadata.get('n_clusters', '?')}"
+    return f"{run}@epoch{metadata.get('epoch', '?')}"
 
 
 def assignment_run_id(

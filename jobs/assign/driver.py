@@ -1,9 +1,9 @@
 """``tell assign``: every input row assigned to a cluster exactly once, written as Parquet.
 
 The driver reads forward once through each artifact. :func:`plan`, before any Ray work:
-load the model (:func:`jobs.model.load_model`), preflight the output, open the input
-(:func:`jobs.input.inspect.list_input`, then the footers of what is left to assign: id
-columns present in every file, one feature width) and require the model's width; in
+load the model (:func:`jobs.model.load_assignable`: either kind), preflight the output,
+open the input (:func:`jobs.input.inspect.list_input`, then the footers of what is left
+to assign: id columns present in every file, one feature width) and require the model's width; in
 incremental mode the listing is split into its hive partitions first, and those already
 committed are skipped (their footers are never read). Then, per unit (the whole input, or each
 partition left): :func:`jobs.commit.writer.start_attempt`, Ray Data streams the unit through
@@ -26,11 +26,18 @@ from typing import Any
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.assign import ids
-from jobs.assign.predictor import REASON, RESULT_COLUMNS, Assigner
+from jobs.assign.predictor import REASON, TWO_LEVEL_COLUMNS, Assigner, result_columns
 from jobs.commit import reader, writer
 from jobs.config import AssignJob
 from jobs.input.inspect import InputSet, list_input
-from jobs.model import assignment_run_id, load_model, model_id
+from jobs.model import (
+    assignment_run_id,
+    is_two_level,
+    load_assignable,
+    model_id,
+    model_shape,
+    routing,
+)
 from tell.errors import TellConfigError, TellStorageError
 
 logger = logging.getLogger("tell.assign")
@@ -56,19 +63,22 @@ class Plan:
     run: storage.Location
     model_meta: dict[str, Any]
     n_clusters: int
+    columns: tuple[str, ...]  # the assignment columns (predictor.result_columns)
     units: list[tuple[str, InputSet]]
     skipped: list[str]
 
 
 def plan(job: AssignJob) -> Plan:
     """Validate model, output, input and columns against each other (no Ray yet)."""
-    clash = sorted(set(job.id_columns) & {*RESULT_COLUMNS, REASON})
+    clash = sorted(set(job.id_columns) & {*TWO_LEVEL_COLUMNS, REASON})
     if clash or len(set(job.id_columns)) != len(job.id_columns):
         raise TellConfigError(
             f"The 'id_columns' must be distinct and must not be named like an output column "
-            f"{[*RESULT_COLUMNS, REASON]}. Got {list(job.id_columns)}."
+            f"{[*TWO_LEVEL_COLUMNS, REASON]}. Got {list(job.id_columns)}."
         )
-    model, meta = load_model(job.model)
+    model, meta = load_assignable(job.model)
+    width, k = model_shape(model)
+    columns = result_columns(is_two_level(meta))
     out = storage.resolve(job.out)
     storage.check_access(out, write=True)
     run_id = job.run_id or assignment_run_id(meta, job.model, job.data, job.column, job.id_columns)
@@ -84,11 +94,11 @@ def plan(job: AssignJob) -> Plan:
             _warn_if_changed(unit, files.uris(groups[unit]), done[unit])
         paths = [path for unit, group in groups.items() if unit not in skipped for path in group]
         if not paths:
-            return Plan(run_id, run, meta, model.cluster.n_clusters, [], skipped)
+            return Plan(run_id, run, meta, k, columns, [], skipped)
     data = files.open(job.column, required=job.id_columns, paths=paths)  # only these footers
-    data.require_width(model.spec.input_dim, job.model)
+    data.require_width(width, job.model)
     units = list(data.partitions().items()) if job.incremental else [("", data)]
-    return Plan(run_id, run, meta, model.cluster.n_clusters, units, skipped)
+    return Plan(run_id, run, meta, k, columns, units, skipped)
 
 
 def _warn_if_changed(unit: str, uris: list[str], manifest: dict) -> None:
@@ -115,6 +125,7 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
         "run_id": p.run_id,
         "run": p.run.uri,
         "model": model_id(p.model_meta),
+        **routing(p.model_meta),
         "incremental": job.incremental,
     }
     if job.incremental:
@@ -238,6 +249,7 @@ def _run_unit(
                 "partition": unit or None,
                 "model": {"uri": job.model, "id": model_id(p.model_meta)},
                 "n_clusters": p.n_clusters,
+                **routing(p.model_meta),
                 "input": {
                     "uri": info.uri,
                     "column": job.column,
@@ -245,7 +257,7 @@ def _run_unit(
                     "files": info.file_uris(),
                 },
                 "id_columns": list(job.id_columns),
-                "columns": [*job.id_columns, *RESULT_COLUMNS],
+                "columns": [*job.id_columns, *p.columns],
             },
         )
     except Exception as exc:

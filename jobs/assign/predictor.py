@@ -1,38 +1,85 @@
 """The assignment job's predictor: the ``map_batches`` callable and the output schema.
 
-Output schema (assigned parts): the id columns as read, ``cluster`` int32, ``distance``
+Output schema (assigned parts): the id columns as read, ``cluster`` int32, for a two-level
+model ``coarse_cluster`` int32 (the coarse center the row was routed through), ``distance``
 float32 (squared Euclidean on the unit sphere, in [0, 4]), ``runner_up`` int32, ``margin``
-float32 (runner-up distance minus distance). Rows that cannot be assigned (null, non-finite
-values, wrong length) go to ``_rejected`` parts: the id columns and a ``reason``. The
-predictor returns both kinds in one table, the assigned rows with a null ``reason``; the
-sink (:mod:`jobs.assign.sink`) splits them.
+float32 (runner-up distance minus distance). A two-level model answers within the routed
+group: its runner-up is the group's second-nearest center, and a group of one center has
+``runner_up`` -1 and ``margin`` +inf (no competitor: never ambiguous; a number, not null,
+so that assigned rows hold no nulls and ``margin < t`` filters stay right). Rows that
+cannot be assigned (null, non-finite values, wrong length) go to ``_rejected`` parts: the
+id columns and a ``reason``. The predictor returns both kinds in one table, the assigned
+rows with a null ``reason``; the sink (:mod:`jobs.assign.sink`) splits them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 from jobs.commit.writer import REASON_COLUMN as REASON
-from jobs.model import load_model
+from jobs.model import load_assignable
 from jobs.watchdog import Beater
 from tell.assign import assign
 from tell.io import screen_rows
+from tell.two_level import TwoLevelModel
 
 RESULT_COLUMNS = ("cluster", "distance", "runner_up", "margin")
+COARSE_COLUMN = "coarse_cluster"
+TWO_LEVEL_COLUMNS = ("cluster", COARSE_COLUMN, "distance", "runner_up", "margin")
+_DTYPES = {
+    "cluster": np.int32,
+    COARSE_COLUMN: np.int32,
+    "distance": np.float32,
+    "runner_up": np.int32,
+    "margin": np.float32,
+}
 _ENCODE_CHUNK_ROWS = 16384  # bounds the encoder's activations per forward
+
+Scorer = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # (b, D) rows -> column -> (b,)
+
+
+def result_columns(two_level: bool) -> tuple[str, ...]:
+    """The assignment columns written for a model of either kind, in order."""
+    return TWO_LEVEL_COLUMNS if two_level else RESULT_COLUMNS
+
+
+def scorer(model: Any, device: torch.device) -> Scorer:
+    """The per-chunk assignment of ``model``: a TELL model encodes the rows (on ``device``)
+    and scores every center (:func:`tell.assign.assign`); a :class:`TwoLevelModel`
+    normalises them (as the identity encoder does) and routes them through its coarse
+    level (:meth:`TwoLevelModel.explain`, on the CPU)."""
+    if isinstance(model, TwoLevelModel):
+
+        def route(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            r = model.explain(F.normalize(x, dim=1))
+            values = (r.labels, r.coarse_labels, r.distance, r.runner_up, r.margin)
+            return dict(zip(TWO_LEVEL_COLUMNS, values, strict=True))
+
+        return route
+    model = model.to(device).eval()
+    centers = model.cluster.centers.to(device).contiguous()  # (k, d_z)
+
+    def nearest(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        r = assign(model.encode(x.to(device, non_blocking=True)), centers)
+        values = (r.labels, r.distance, r.runner_up, r.margin)
+        return dict(zip(RESULT_COLUMNS, values, strict=True))
+
+    return nearest
 
 
 class Assigner:
     """``map_batches`` callable: an Arrow batch -> the id columns, assignment and ``reason``.
 
-    Loads the model once per actor (safetensors + JSON via :mod:`jobs.model`), screens
-    the rows, encodes the valid ones (no grad, eval mode, on the GPU when the actor has one)
-    and runs :func:`tell.assign.assign`. Rejected rows get null results and a reason;
-    assigned rows a null reason. Row order and count are those of the batch.
+    Loads the model once per actor (safetensors + JSON via :mod:`jobs.model`, either kind),
+    screens the rows, scores the valid ones (:func:`scorer`: no grad, eval mode, on the GPU
+    when the actor has one and the model is a TELL model). Rejected rows get null results
+    and a reason; assigned rows a null reason. Row order and count are those of the batch.
     """
 
     def __init__(
@@ -48,38 +95,31 @@ class Assigner:
         torch.set_num_threads(max(1, int(threads)))
         self.beat = Beater(heartbeat)  # the job's watchdog hears of every batch
         self.column, self.dim, self.id_columns = column, dim, tuple(id_columns)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        model, _ = load_model(model_uri)  # the driver checked its width against the input's
-        self.model = model.to(self.device).eval()
-        self.centers = model.cluster.centers.to(self.device).contiguous()  # (k, d_z)
+        device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        model, _ = load_assignable(model_uri)  # the driver checked its width
+        self.columns = result_columns(isinstance(model, TwoLevelModel))
+        self.score = scorer(model, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         screen = screen_rows(batch, self.column, self.dim)
         n, m = batch.num_rows, screen.matrix.shape[0]
-        labels = np.empty(m, np.int32)
-        runner_up = np.empty(m, np.int32)
-        distance = np.empty(m, np.float32)
-        margin = np.empty(m, np.float32)
+        out = {name: np.empty(m, _DTYPES[name]) for name in self.columns}
         x = torch.from_numpy(screen.matrix)  # (m, D) float32
         with torch.inference_mode():
             for start in range(0, m, _ENCODE_CHUNK_ROWS):
                 stop = min(start + _ENCODE_CHUNK_ROWS, m)
-                z = self.model.encode(x[start:stop].to(self.device, non_blocking=True))
-                result = assign(z, self.centers)
-                labels[start:stop] = result.labels.to(torch.int32).cpu().numpy()
-                runner_up[start:stop] = result.runner_up.to(torch.int32).cpu().numpy()
-                distance[start:stop] = result.distance.cpu().numpy()
-                margin[start:stop] = result.margin.cpu().numpy()
+                for name, values in self.score(x[start:stop]).items():
+                    out[name][start:stop] = values.cpu().numpy()  # cast to the column's type
         arrays: list[Any] = [batch.column(name) for name in self.id_columns]
         if m == n:
-            arrays += [pa.array(a) for a in (labels, distance, runner_up, margin)]
+            arrays += [pa.array(out[name]) for name in self.columns]
             arrays.append(pa.nulls(n, pa.string()))
         else:
             valid = screen.valid
-            for values in (labels, distance, runner_up, margin):
-                full = np.zeros(n, values.dtype)
-                full[valid] = values
+            for name in self.columns:
+                full = np.zeros(n, out[name].dtype)
+                full[valid] = out[name]
                 arrays.append(pa.array(full, mask=~valid))
             arrays.append(pa.array(screen.reasons, type=pa.string()))
         self.beat(f"assigned a batch of {n} rows")
-        return pa.table(arrays, names=[*self.id_columns, *RESULT_COLUMNS, REASON])
+        return pa.table(arrays, names=[*self.id_columns, *self.columns, REASON])

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from jobs import storage
 from jobs.input.inspect import InputSet, open_parquet
+from tell.errors import TellDataError
 from tell.io import screen_rows
 
 logger = logging.getLogger("tell.scan")
@@ -60,6 +61,16 @@ class ScanResult(NamedTuple):
     first_reason: str
     sample: np.ndarray
     blocks: list[Any]
+
+
+def require_clean(scan: ScanResult, info: InputSet) -> None:
+    """Training refuses data with unusable rows (``tell assign`` quarantines them)."""
+    if scan.bad_rows:
+        raise TellDataError(
+            f"{scan.bad_rows} of {scan.rows} rows of column {info.column!r} in {info.uri} "
+            f"cannot be used for training (first: {scan.first_reason}); clean the data "
+            "(tell assign quarantines such rows instead)."
+        )
 
 
 def block_rows(dim: int) -> int:

@@ -6,7 +6,7 @@ one scan pass (:func:`jobs.input.scan.scan_input`: validates every row, draws th
 sample and, when the features fit in the object store, keeps them there);
 ``TorchTrainer.fit()`` over :func:`jobs.train.worker.train_loop_per_worker`; finally the
 last checkpoint is published as ``<out>/<name>/model`` (:func:`jobs.model.publish`) for
-``tell assign``.
+``tell assign``. ``--levels 2`` fits the two-level model instead (:mod:`jobs.train.two_level`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
 from jobs.input.inspect import InputSet, open_input
-from jobs.input.scan import scan_input
+from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish
+from jobs.train import two_level
 from jobs.train.worker import train_loop_per_worker
 from tell.config import TrainConfig
 from tell.encoders import EncoderSpec
@@ -103,6 +104,8 @@ def main(job: TrainJob) -> dict[str, Any]:
     info, cfg, spec = plan(job)
     runtime.ensure_ray()
     runtime.require_shared_paths({"data": job.data, "out": job.out}, job.shared_filesystem)
+    if job.levels == 2:
+        return two_level.main(job, info, cfg)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -124,12 +127,7 @@ def main(job: TrainJob) -> dict[str, Any]:
             f"sample rows in {scan_s:.1f} s"
             + ("; features kept in the object store" if materialized else "")
         )
-        if scan.bad_rows:
-            raise TellDataError(
-                f"{scan.bad_rows} of {scan.rows} rows of column {job.column!r} in {job.data} "
-                f"cannot be used for training (first: {scan.first_reason}); clean the data "
-                "(tell assign quarantines such rows instead)."
-            )
+        require_clean(scan, info)
         import ray.data
         from ray.data.block import BlockAccessor
 

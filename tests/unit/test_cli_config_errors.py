@@ -87,6 +87,15 @@ IMPOSSIBLE_CASES = [
      r"'init_sample_rows' \(100\) must be at least 'k' \(1024\)"),
     ("train-materialize", "train", _IO + "k: 3\nmaterialize: sometimes\n", [],
      r"'materialize' must be one of \['auto', 'always', 'never'\]"),
+    ("train-levels-2-mlp", "train", _IO + "k: 3\n", ["--levels", "2", "--encoder", "mlp"],
+     r"levels: 2 needs the identity encoder .* got encoder 'mlp'"),
+    ("train-levels-3", "train", _IO + "k: 3\nlevels: 3\n", [], r"'levels' must be in \[1, 2\]"),
+    ("train-levels-2-gpu", "train", _IO + "k: 3\nlevels: 2\ngpus_per_worker: 1\n", [],
+     r"levels: 2 fits on CPUs; 'gpus_per_worker' must be 0"),
+    ("train-n-coarse-one-level", "train", _IO + "k: 3\nn_coarse: 2\n", [],
+     r"'n_coarse' applies to two-level models only"),
+    ("train-n-coarse-above-k", "train", _IO + "k: 9\nlevels: 2\n", ["--n-coarse", "10"],
+     r"'n_coarse' must be in \[1, 9\]\. Got 10"),
 ]  # fmt: skip
 
 # tell demo: every key has a default, so an empty file is valid (checked below).
@@ -151,6 +160,7 @@ def test_bad_yaml_config_is_one_line_naming_the_key(
         ("train", {"data": "d", "out": "o", "k": 10, "init_sample_rows": 10}),
         ("train", {"data": "d", "out": "o", "k": 3, "gpus_per_worker": 0.5}),
         ("train", {"data": "d", "out": "o", "k": 3, "gpus_per_worker": 2}),
+        ("train", {"data": "d", "out": "o", "k": 9, "levels": 2, "n_coarse": 9}),
         ("assign", {"model": "m", "data": "d", "out": "o", "gpus_per_worker": 1.0}),
         ("assign", {"model": "m", "data": "d", "out": "o", "id_columns": ["id", "dt"]}),
         ("evaluate", {"assignments": "a", "label_column": "y", "id_column": "key"}),

@@ -1,0 +1,126 @@
+"""``tell train --levels 2`` then ``tell assign`` on a local Ray cluster (issue #14).
+
+The fine fits run as Ray tasks; the assignment writes the routed fine label and the coarse
+center of every row, and the manifest records the disagreement measured at training.
+"""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import storage
+from jobs.assign import driver as assign
+from jobs.commit import reader
+from jobs.config import AssignJob, TrainJob
+from jobs.model import load_assignable
+from jobs.train import driver as train
+from tell.config import TrainConfig
+from tell.datasets import make_spherical_blobs
+from tell.io import embeddings_to_table, write_parquet_files
+from tell.two_level import TwoLevelModel
+
+pytestmark = pytest.mark.integration
+
+N_ROWS, DIM, K = 20_000, 16, 256
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    """(directory, X, ids): 20,000 x 16 rows around 256 centers, as 4 Parquet files; ids
+    that differ from row numbers. The rows are not unit: the jobs normalise them."""
+    data = make_spherical_blobs(N_ROWS, DIM, K, seed=5)
+    X = data.X * np.random.default_rng(0).uniform(0.5, 2.0, (N_ROWS, 1)).astype(np.float32)
+    ids = np.arange(N_ROWS, dtype=np.int64) + 1_000_000
+    directory = tmp_path_factory.mktemp("two-level-blobs")
+    write_parquet_files(embeddings_to_table(X, ids=ids), directory, n_files=4)
+    return directory, X, ids
+
+
+def test_two_level_train_then_assign(ray_cluster, blobs, tmp_path):
+    data_dir, X, ids = blobs
+    cfg = TrainConfig(k=K, epochs=5, seed=0)
+    trained = train.main(
+        TrainJob(data=str(data_dir), out=str(tmp_path), name="two", levels=2, workers=2, config=cfg)
+    )
+    assert trained["levels"] == 2 and trained["k"] == K and trained["n_coarse"] == 16
+    assert trained["rows"] == N_ROWS
+    rate, sample_rows = trained["disagreement"]["rate"], trained["disagreement"]["rows"]
+    assert sample_rows == N_ROWS  # at most 20,000 sample rows: here every row
+    model, meta = load_assignable(trained["model"])
+    assert isinstance(model, TwoLevelModel) and meta["levels"] == 2
+    assert meta["disagreement"] == trained["disagreement"]
+    assert meta["fit_info"]["fine_fit_s"] > 0 and meta["config"]["k"] == K
+
+    summary = assign.main(
+        AssignJob(model=trained["model"], data=str(data_dir), out=str(tmp_path / "a"),
+                  run_id="two", workers=2, batch_size=4096, min_rows_per_file=6_000)
+    )  # fmt: skip
+    assert summary["rows"] == summary["assigned"] == N_ROWS and summary["levels"] == 2
+    table = reader.read_committed(summary["run"])
+    assert table.num_rows == N_ROWS
+    order = np.argsort(table["id"].to_numpy())
+    np.testing.assert_array_equal(table["id"].to_numpy()[order], ids)  # exactly once
+    cluster = table["cluster"].to_numpy()[order]
+    coarse = table["coarse_cluster"].to_numpy()[order]
+    assert table.schema.field("coarse_cluster").type == "int32"
+    assert table.schema.field("cluster").type == "int32"
+    assert np.unique(cluster).size == K  # every fine center used
+    offsets = model.offsets.numpy()
+    assert ((offsets[coarse] <= cluster) & (cluster < offsets[coarse + 1])).all()
+    unit = torch.nn.functional.normalize(torch.from_numpy(X), dim=1)
+    labels, coarse_labels = model.predict(unit)  # routed
+    assert rate == pytest.approx(model.disagreement(unit))  # measured on every row
+    np.testing.assert_array_equal(cluster, labels.numpy())
+    np.testing.assert_array_equal(coarse, coarse_labels.numpy())
+    runner_up = table["runner_up"].to_numpy()[order]
+    margin = table["margin"].to_numpy()[order]
+    alone = runner_up == -1  # a group of one fine center: no runner-up, margin +inf
+    assert np.isinf(margin[alone]).all() and (margin[~alone] >= 0).all()
+    manifest = reader.read_manifest(storage.resolve(summary["run"]))
+    assert manifest["levels"] == 2 and manifest["n_coarse"] == 16
+    assert manifest["disagreement"] == trained["disagreement"]
+    assert manifest["columns"] == ["id", "cluster", "coarse_cluster", "distance", "runner_up",
+                                   "margin"]  # fmt: skip
+
+
+def test_fine_fits_as_ray_tasks_come_back_in_order_and_fail_with_one_line(ray_cluster):
+    from jobs.train.two_level import RayMap
+    from tell.errors import TellDataError
+    from tell.two_level import FineTask, fit_fine
+
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(20, 4)).astype(np.float32) for _ in range(7)]
+    rows = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows]
+    tasks = [FineTask(r, 1, False, seed=i) for i, r in enumerate(rows)]
+    beats: list[str] = []
+    started: list[bool] = []
+    ray_map = RayMap(0.5, 3, beats.append, lambda: started.append(True))
+    got = list(ray_map(fit_fine, tasks))
+    for a, b in zip(got, map(fit_fine, tasks), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert started == [True] and beats[-1] == "fitted 7 fine groups"
+    bad = [*tasks[:2], FineTask(rows[2][:2], 5, False, seed=0)]  # 5 centers from 2 rows
+    with pytest.raises(TellDataError, match=r"^The fine fit of group 2 \(2 rows into 5 ") as e:
+        list(RayMap(0.5, 2, beats.append)(fit_fine, bad))
+    assert "\n" not in str(e.value)
+    print(f"\n{e.value}")
+
+
+def test_fine_fits_no_node_can_host_fail_after_the_stall_timeout(ray_cluster, blobs, tmp_path):
+    """Fine fits asking for more CPUs than the cluster has wait forever in Ray: the
+    watchdog ends the job with one line naming the pending demand; no model."""
+    from jobs.runtime import ClusterError
+
+    data_dir, _, _ = blobs
+    cfg = TrainConfig(k=K, seed=0)
+    job = TrainJob(data=str(data_dir), out=str(tmp_path), name="stuck", levels=2,
+                   cpus_per_worker=4, stall_timeout_s=6, config=cfg)  # fmt: skip
+    started = time.monotonic()
+    stalled = r"No progress for \d+ s .*last: started the fine fits.*'CPU': 4\.0"
+    with pytest.raises(ClusterError, match=stalled) as e:
+        train.main(job)
+    assert "\n" not in str(e.value) and time.monotonic() - started < 60
+    assert not (tmp_path / "stuck").exists()
+    print(f"\n{time.monotonic() - started:.0f} s: {e.value}")
