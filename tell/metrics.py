@@ -60,14 +60,11 @@ def partition_inertia(x: np.ndarray, labels: np.ndarray) -> float:
     Compares partitions fairly whatever centers their method keeps (TELL keeps unit
     centers on the sphere, k-means keeps means inside it).
     """
-    x = np.asarray(x, dtype=np.float64)
-    labels = np.asarray(labels).ravel()
-    _, inverse = np.unique(labels, return_inverse=True)
-    counts = np.bincount(inverse).astype(np.float64)
-    sums = np.zeros((counts.size, x.shape[1]))
-    np.add.at(sums, inverse, x)
-    # sum ||x - mean||^2 = sum ||x||^2 - sum_c ||sum_c||^2 / n_c
-    return float(np.einsum("ij,ij->", x, x) - (np.einsum("ij,ij->i", sums, sums) / counts).sum())
+    x = np.asarray(x)
+    uniques, inverse = np.unique(np.asarray(labels).ravel(), return_inverse=True)
+    total = PartitionInertia(uniques.size, x.shape[1])
+    total.add(x, inverse)
+    return total.value
 
 
 class PartitionInertia:
@@ -97,7 +94,7 @@ class PartitionInertia:
 
     def add(self, x: np.ndarray, labels: np.ndarray) -> None:
         """Add rows ``x`` (m, d) with their integer ``labels`` (m,)."""
-        rows = torch.from_numpy(np.asarray(x)).double()  # (m, d)
+        rows = torch.from_numpy(np.asarray(x, dtype=np.float64))  # (m, d)
         index = torch.from_numpy(np.asarray(labels, dtype=np.int64).ravel())
         self._sums.index_add_(0, index, rows)
         self._counts += torch.bincount(index, minlength=self._counts.shape[0]).double()

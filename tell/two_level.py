@@ -56,7 +56,7 @@ COARSE_ROWS_PER_CENTER = 1024  # the coarse fit's sample: faiss's two-level clus
 # its coarse level on at most 2000 rows per centroid; the coarse level only has to split the
 # rows into groups, and TELL reaches its floor ratio from a few hundred rows per center.
 UNIT_TOLERANCE = 1e-3  # |norm - 1| accepted for a "unit" row (float32 data normalised elsewhere)
-_CHECK_CHUNK_ROWS = 1 << 20  # rows per chunk of the unit-norm check and the coarse split
+_CHECK_CHUNK_ROWS = 1 << 20  # rows per chunk of the unit-norm check
 _RESERVED_PARAMS = ("n_clusters", "random_state", "encoder")
 
 
@@ -201,7 +201,7 @@ def split_rows(X: np.ndarray, coarse_centers: torch.Tensor, n_clusters: int) -> 
     """Group the unit rows ``X`` (n, d) by nearest coarse center and share out the k fine
     centers (:func:`allocate_shares` in proportion to the rows, each share capped by the
     group's distinct rows). Inputs are assumed validated, n >= k."""
-    labels = _nearest_in_chunks(X, coarse_centers)  # (n,) int64
+    labels = nearest(torch.from_numpy(X), coarse_centers)[0].numpy()  # (n,), in chunks
     counts = np.bincount(labels, minlength=coarse_centers.shape[0])
     kept = counts > 0
     renumber = np.cumsum(kept) - 1  # old coarse index -> index among the kept
@@ -233,16 +233,6 @@ def _distinct_rows(rows: np.ndarray) -> int:
     """Distinct rows (bitwise) of ``rows`` (m, d): one sort of m byte strings."""
     rows = np.ascontiguousarray(rows)
     return int(np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1])))).size)
-
-
-def _nearest_in_chunks(X: np.ndarray, centers: torch.Tensor) -> np.ndarray:
-    """Nearest center (n,) int64 of every row of ``X`` (n, d), a bounded chunk at a time
-    (the labels are the only per-row output kept)."""
-    labels = np.empty(X.shape[0], dtype=np.int64)
-    for start in range(0, X.shape[0], _CHECK_CHUNK_ROWS):
-        stop = min(start + _CHECK_CHUNK_ROWS, X.shape[0])
-        labels[start:stop] = nearest(torch.from_numpy(X[start:stop]), centers)[0].numpy()
-    return labels
 
 
 def fine_tasks(
