@@ -40,11 +40,13 @@ def check_run_id(name: str, value: str) -> None:
 
 MATERIALIZE = ("auto", "always", "never")
 PARTITION_BY = ("none", "cluster")
+TABLE_FORMATS = ("parquet", "delta")
 DATASETS = ("auto", "digits", "mnist")
 # Keys whose value is one of a fixed set (shown in --help; checked by each class).
 CHOICES: dict[str, tuple[str, ...]] = {
     "materialize": MATERIALIZE,
     "partition_by": PARTITION_BY,
+    "table_format": TABLE_FORMATS,
     "dataset": DATASETS,
     "encoder": tuple(ENCODERS),
     "optimizer": tuple(OPTIMIZERS),
@@ -197,6 +199,9 @@ class AssignJob(Resources):
     partition_by : "cluster" writes the assigned rows as hive directories cluster=J/ (the
         column then comes from the directory name, as every Parquet reader expects), "none"
         writes them side by side in the run directory.
+    table_format : "parquet" (plain Parquet parts and a _SUCCESS manifest) or "delta" (the
+        same parts, and the run is also a Delta Lake table: an atomic replacement for Delta
+        readers; needs the deltalake package).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
@@ -211,11 +216,13 @@ class AssignJob(Resources):
     min_rows_per_file: int = 1_000_000
     incremental: bool = False
     partition_by: str = "none"
+    table_format: str = "parquet"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _not_empty("column", self.column)
         check_choice("partition_by", self.partition_by, PARTITION_BY)
+        check_choice("table_format", self.table_format, TABLE_FORMATS)
         if not self.id_columns:
             raise TellConfigError(
                 "The 'id_columns' must name at least one column (flag --id-column), so every "

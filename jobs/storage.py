@@ -48,6 +48,7 @@ __all__ = [
     "exists",
     "list_files",
     "move_tree",
+    "object_store_options",
     "read_bytes",
     "resolve",
     "storage_errors",
@@ -562,6 +563,31 @@ def _configured_endpoint() -> str | None:
                 )
             return value.rstrip("/")
     return None
+
+
+def object_store_options(loc: Location) -> dict[str, str] | None:
+    """Options for Rust ``object_store`` clients (``deltalake``) that reach ``loc`` the way
+    this module does: the same endpoint, and the credentials botocore resolves in this
+    process (environment, profile, web identity, instance role), passed for this call only.
+    None for a local location."""
+    if not loc.is_s3:
+        return None
+    import botocore.session
+
+    session = botocore.session.get_session()
+    options = {"AWS_REGION": session.get_config_variable("region") or "us-east-1"}
+    if loc.endpoint_url:
+        options["AWS_ENDPOINT_URL"] = loc.endpoint_url
+        if loc.endpoint_url.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        options["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+    return options
 
 
 def _config_kwargs(*, max_retries: int, read_timeout_s: int) -> dict:

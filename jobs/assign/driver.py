@@ -26,8 +26,14 @@ from typing import Any
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.assign import ids
-from jobs.assign.predictor import REASON, TWO_LEVEL_COLUMNS, Assigner, result_columns
-from jobs.commit import reader, writer
+from jobs.assign.predictor import (
+    REASON,
+    TWO_LEVEL_COLUMNS,
+    Assigner,
+    output_schema,
+    result_columns,
+)
+from jobs.commit import delta, reader, writer
 from jobs.config import AssignJob
 from jobs.input.inspect import InputSet, list_input
 from jobs.model import (
@@ -86,9 +92,12 @@ def plan(job: AssignJob) -> Plan:
     files = list_input(job.data)
     skipped: list[str] = []
     paths = None  # every file
-    if job.incremental:
+    if not job.incremental:
+        _check_table_format(job, run, [reader.read_manifest(run)])
+    else:
         groups = files.partitions(hive=True)
         done = reader.committed_units(run, list(groups))
+        _check_table_format(job, run, list(done.values()))
         skipped = [unit for unit, manifest in done.items() if manifest is not None]
         for unit in skipped:
             _warn_if_changed(unit, files.uris(groups[unit]), done[unit])
@@ -99,6 +108,21 @@ def plan(job: AssignJob) -> Plan:
     data.require_width(width, job.model)
     units = list(data.partitions().items()) if job.incremental else [("", data)]
     return Plan(run_id, run, meta, k, columns, units, skipped)
+
+
+def _check_table_format(job: AssignJob, run: storage.Location, manifests: list) -> None:
+    """A run keeps the table format it was committed in: a Delta log left beside plain
+    Parquet commits would point Delta readers at deleted files, and a Delta table with
+    partitions committed without its log would be missing them."""
+    committed = {m.get("table_format", "parquet") for m in manifests if m is not None}
+    if delta.is_table(run):
+        committed.add("delta")
+    other = sorted(committed - {job.table_format})
+    if other:
+        raise TellConfigError(
+            f"The run {run.uri} was committed with --table-format {other[0]}; re-run it with "
+            f"--table-format {other[0]}, or give this run a new --run-id."
+        )
 
 
 def _warn_if_changed(unit: str, uris: list[str], manifest: dict) -> None:
@@ -127,6 +151,7 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
         "model": model_id(p.model_meta),
         **routing(p.model_meta),
         "incremental": job.incremental,
+        "table_format": job.table_format,
     }
     if job.incremental:
         summary["partitions_skipped"] = p.skipped
@@ -194,8 +219,13 @@ def _run_unit(
     from jobs.input.read import read_dataset
 
     unit_loc = _unit(p.run, unit)
+    log = None
+    if job.table_format == "delta":
+        schema = output_schema(info.footers[0].schema, job.id_columns, p.columns)
+        by_cluster = job.partition_by == "cluster"
+        log = delta.DeltaLog(p.run, unit, schema, partition_by_cluster=by_cluster)
     # what a crashed attempt may have left visible to plain readers goes first
-    writer.repair(unit_loc, reader.read_manifest(unit_loc))
+    writer.repair(unit_loc, reader.read_manifest(unit_loc), () if log is None else log.referenced())
     attempt = writer.start_attempt(unit_loc)
     progress.line(
         f"assigning {info.num_rows:,} rows of {info.uri} ({len(info.files)} files) -> "
@@ -244,6 +274,7 @@ def _run_unit(
             input_rows=info.num_rows,
             parts=sink.parts,
             rejected_reasons=sink.reasons,
+            log=log,
             metadata={
                 "run_id": p.run_id,
                 "partition": unit or None,

@@ -49,6 +49,15 @@ def result_columns(two_level: bool) -> tuple[str, ...]:
     return TWO_LEVEL_COLUMNS if two_level else RESULT_COLUMNS
 
 
+def output_schema(
+    input_schema: pa.Schema, id_columns: tuple[str, ...], columns: tuple[str, ...]
+) -> pa.Schema:
+    """Schema of the assigned rows: the id columns as the input has them, then ``columns``
+    (:func:`result_columns`) with their types."""
+    ids = [input_schema.field(name) for name in id_columns]
+    return pa.schema([*ids, *(pa.field(n, pa.from_numpy_dtype(_DTYPES[n])) for n in columns)])
+
+
 def scorer(model: Any, device: torch.device) -> Scorer:
     """The per-chunk assignment of ``model``: a TELL model encodes the rows (on ``device``)
     and scores every center (:func:`tell.assign.assign`); a :class:`TwoLevelModel`

@@ -13,6 +13,8 @@ Layout of one committed unit (a run, or one input partition of an incremental ru
                                                cluster=<J>/part-*.parquet, no cluster column)
         _rejected/part-*.parquet.rejected      rows that could not be assigned + reason
         _staging/<attempt>/...*.staged         the same tree, while an attempt writes it
+        _delta_log/                            --table-format delta only (at the run's top):
+                                               the Delta Lake log (:mod:`jobs.commit.delta`)
 
 So a plain Parquet reader pointed at ``<out>/<run_id>/`` (pyarrow.dataset, pandas, Ray
 Data, Spark; DuckDB with ``*.parquet`` or ``cluster=*/*.parquet``) reads exactly the
@@ -36,6 +38,8 @@ Protocol
    server-side copy per file, the staged copy deleted in step 5). Each promoted file
    appears whole (a rename; an S3 object exists only once complete); its name is unique to
    the attempt, so it never overwrites a file of the previous commit.
+   With ``--table-format delta``, one Delta transaction then adds the promoted parts and
+   removes the replaced commit's (:mod:`jobs.commit.delta`): Delta readers' commit point.
 4. The commit point is ONE write of ``_SUCCESS``: a single PUT on S3 (visible only when
    complete), a write-to-temp + rename locally. It lists the exact promoted files of this
    attempt with their row counts, the row counts in and out, the model id, the input
@@ -91,7 +95,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -99,6 +103,9 @@ import pyarrow.parquet as pq
 
 from jobs import storage
 from tell.errors import TellDataError, TellStorageError
+
+if TYPE_CHECKING:
+    from jobs.commit.delta import DeltaLog
 
 logger = logging.getLogger("tell.commit")
 
@@ -280,6 +287,7 @@ def commit(
     parts: Iterable[Part],
     metadata: dict[str, Any] | None = None,
     rejected_reasons: dict[str, int] | None = None,
+    log: DeltaLog | None = None,
 ) -> dict[str, Any]:
     """Verify the attempt's files against ``input_rows`` and write the ``_SUCCESS`` manifest.
 
@@ -290,6 +298,8 @@ def commit(
     parts : the files the write tasks reported (their ``rows`` are checked against footers).
     metadata : JSON-serialisable fields added to the manifest (model, input, run id, ...).
     rejected_reasons : reason -> count of rejected rows (informational).
+    log : the run's Delta log (``--table-format delta``): the promoted parts are committed
+        to it in one transaction before the manifest is written (:mod:`jobs.commit.delta`).
 
     Returns
     -------
@@ -338,6 +348,7 @@ def commit(
         "attempt": attempt.attempt_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tell_version": _tell_version(),
+        "table_format": "parquet" if log is None else "delta",
         "rows": {"input": input_rows, "assigned": assigned, "rejected": rejected},
         "rejected_reasons": dict(sorted((rejected_reasons or {}).items())),
         "partition_by": [PARTITION_COLUMN] if any(p.cluster is not None for p in parts) else [],
@@ -352,13 +363,20 @@ def commit(
             if part.kind == REJECTED
         ],
     }
+    if log is not None:  # Delta readers' commit point: one transaction
+        try:
+            manifest["delta_version"] = log.publish(manifest["files"], attempt=attempt.attempt_id)
+        except TellStorageError:
+            _delete_quietly(attempt.unit, promoted)
+            raise
     data = json.dumps(manifest, indent=2, default=str).encode()
     try:
         storage.write_bytes(attempt.unit.join(MANIFEST_FILE), data)  # THE commit point
     except TellStorageError:
-        _delete_quietly(attempt.unit, promoted)  # the previous commit stays the only one
+        if log is None:  # (the Delta log references them: the next repair keeps them)
+            _delete_quietly(attempt.unit, promoted)  # the previous commit stays the only one
         raise
-    collect_garbage(attempt.unit, manifest)
+    collect_garbage(attempt.unit, manifest, keep=() if log is None else log.referenced())
     return manifest
 
 
@@ -397,14 +415,18 @@ def _delete_quietly(unit: storage.Location, relpaths: Iterable[str]) -> None:
             storage.delete_tree(unit.join(rel))
 
 
-def collect_garbage(unit: storage.Location, manifest: dict[str, Any] | None) -> list[str]:
+def collect_garbage(
+    unit: storage.Location, manifest: dict[str, Any] | None, keep: Iterable[str] = ()
+) -> list[str]:
     """Delete every part file of ``unit`` that ``manifest`` does not list (all of them when
-    it is None: nothing is committed) and every staging prefix. Best effort.
+    it is None: nothing is committed) and that is not in ``keep`` (relative paths: the files
+    a Delta log still references), and every staging prefix. Best effort.
 
     Returns the relative paths deleted (a staging prefix counts as one entry).
     """
     manifest = manifest or {}
     listed = {f["path"] for f in manifest.get("files", []) + manifest.get("rejected_files", [])}
+    listed.update(keep)
     deleted: list[str] = []
     try:
         for rel in part_files(unit):
@@ -422,11 +444,14 @@ def collect_garbage(unit: storage.Location, manifest: dict[str, Any] | None) -> 
     return deleted
 
 
-def repair(unit: storage.Location, manifest: dict[str, Any] | None) -> list[str]:
+def repair(
+    unit: storage.Location, manifest: dict[str, Any] | None, keep: Iterable[str] = ()
+) -> list[str]:
     """Before an attempt starts: undo what a crashed attempt left in the unit (promoted files
-    that no manifest lists, staging prefixes), so that plain readers see exactly the commit
-    ``manifest`` (the unit's current one, or None) again. Best effort, like step 5."""
-    return collect_garbage(unit, manifest)
+    that no manifest lists and no Delta log references (``keep``), staging prefixes), so
+    that plain readers see exactly the commit ``manifest`` (the unit's current one, or None)
+    again. Best effort, like step 5."""
+    return collect_garbage(unit, manifest, keep)
 
 
 def discard(attempt: Attempt) -> None:

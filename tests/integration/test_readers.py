@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pytest
 
 from jobs import storage
-from jobs.commit import writer
+from jobs.commit import delta, writer
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +26,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 N_ASSIGNED, N_REJECTED = 500, 7
 
 
-def readme_lines() -> dict[str, str]:
-    """{engine: its line} from the README's readers block (the comment names the engine)."""
+def readme_lines(block_name: str = "readers") -> dict[str, str]:
+    """{engine: its line} from one of the README's readers blocks (the comment names the
+    engine): "readers" (plain Parquet) or "delta-readers" (--table-format delta)."""
     text = README.read_text()
-    block = text.split("<!-- readers:start -->", 1)[1].split("<!-- readers:end -->", 1)[0]
+    start, end = f"<!-- {block_name}:start -->", f"<!-- {block_name}:end -->"
+    block = text.split(start, 1)[1].split(end, 1)[0]
     lines = {}
     for line in block.splitlines():
         match = re.match(r"^(.*\S)\s+# (\S.*)$", line)
@@ -38,7 +40,7 @@ def readme_lines() -> dict[str, str]:
     return lines
 
 
-def _commit(unit: storage.Location, partitioned: bool) -> None:
+def _commit(unit: storage.Location, partitioned: bool, table_format: str = "parquet") -> None:
     attempt = writer.start_attempt(unit)
     rng = np.random.default_rng(0)
     ids = np.arange(N_ASSIGNED, dtype=np.int64) * 3 + 1
@@ -61,7 +63,10 @@ def _commit(unit: storage.Location, partitioned: bool) -> None:
     rejected = writer.PartWriter(attempt, writer.REJECTED, "part-00000-test.parquet")
     rejected.write(pa.table({"id": np.arange(N_REJECTED) + 10_000, "reason": ["null"] * 7}))
     parts.append(rejected.close())
-    writer.commit(attempt, input_rows=N_ASSIGNED + N_REJECTED, parts=parts,
+    log = None
+    if table_format == "delta":
+        log = delta.DeltaLog(unit, "", table.schema, partition_by_cluster=partitioned)
+    writer.commit(attempt, input_rows=N_ASSIGNED + N_REJECTED, parts=parts, log=log,
                   metadata={"columns": table.column_names})  # fmt: skip
     stray = writer.start_attempt(unit)
     stray_part = writer.PartWriter(stray, writer.ASSIGNED, "part-99998-crashed.parquet")
@@ -77,6 +82,12 @@ def runs(tmp_path_factory):
         unit = storage.resolve(str(root / name))
         _commit(unit, partitioned)
         out[name] = str(root / name)
+    if importlib.util.find_spec("deltalake") is not None:
+        for name, partitioned in (("delta-flat", False), ("delta-by-cluster", True)):
+            unit = storage.resolve(str(root / name))
+            for _ in range(2):  # a re-run: the replaced commit's files stay one commit
+                _commit(unit, partitioned, "delta")
+            out[name] = str(root / name)
     return out
 
 
@@ -84,6 +95,16 @@ def _rows(result) -> int:
     if hasattr(result, "shape"):  # a pandas DataFrame
         return result.shape[0]
     return result.count()  # a Ray Dataset, a Spark DataFrame
+
+
+def _check_committed_rows(engine: str, scope: dict, where: str) -> None:
+    """What an executed README line left in ``df`` or ``ds``: exactly the committed rows."""
+    result = scope.get("df", scope.get("ds"))
+    assert _rows(result) == N_ASSIGNED, where
+    if engine in ("pandas", "DuckDB"):
+        ids = np.sort(result["id"].to_numpy())
+        np.testing.assert_array_equal(ids, np.arange(N_ASSIGNED) * 3 + 1)
+        assert "cluster" in result.columns and "reason" not in result.columns
 
 
 ENGINES = ["pandas", "DuckDB", "Ray Data", "Spark"]
@@ -115,9 +136,23 @@ def test_readme_line_reads_exactly_the_committed_rows(engine, layout, runs, ray_
 
         scope["spark"] = SparkSession.builder.master("local[1]").getOrCreate()
     exec(line, scope)
-    result = scope.get("df", scope.get("ds"))
-    assert _rows(result) == N_ASSIGNED, (engine, layout, line)
-    if engine in ("pandas", "DuckDB"):
-        ids = np.sort(result["id"].to_numpy())
-        np.testing.assert_array_equal(ids, np.arange(N_ASSIGNED) * 3 + 1)
-        assert "cluster" in result.columns and "reason" not in result.columns
+    _check_committed_rows(engine, scope, f"{engine} {layout}: {line}")
+
+
+def test_the_readme_names_one_delta_line_per_engine():
+    assert sorted(readme_lines("delta-readers")) == sorted(ENGINES)
+
+
+@pytest.mark.parametrize("layout", ["delta-flat", "delta-by-cluster"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_readme_delta_line_reads_exactly_the_current_version(engine, layout, runs, ray_cluster):
+    """--table-format delta after a re-run: the directory holds two commits' files, every
+    Delta reader of the README reads exactly the current one."""
+    if importlib.util.find_spec("deltalake") is None:
+        pytest.skip("deltalake is not installed here")
+    if engine == "Spark":
+        pytest.skip("Spark reads Delta with the delta-spark package, not installed here")
+    line = readme_lines("delta-readers")[engine]
+    scope: dict = {"run": runs[layout]}
+    exec(line, scope)
+    _check_committed_rows(engine, scope, f"{engine} {layout}: {line}")

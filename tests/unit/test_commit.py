@@ -4,7 +4,6 @@ No Ray here: write tasks are simulated with :class:`jobs.commit.PartWriter`.
 """
 
 import json
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +13,7 @@ from jobs import storage
 from jobs.commit import reader
 from jobs.commit import writer as commit
 from tell.errors import TellDataError, TellStorageError
+from tests.commit_faults import dies_after_first_promotion
 
 
 def _rows(ids, cluster=0):
@@ -270,19 +270,8 @@ def test_a_crash_during_promotion_is_repaired_by_the_next_attempt(unit, monkeypa
     crashing = commit.start_attempt(unit)
     parts = _stage(crashing, "p0.parquet", assigned=[_rows(range(100, 120))])
     parts += _stage(crashing, "p1.parquet", assigned=[_rows(range(120, 140))])
-    original, lock, promoted = storage.promote_file, threading.Lock(), []
-
-    def promote_then_die(src, dst):
-        with lock:
-            if promoted:
-                raise KeyboardInterrupt  # the process dies: no cleanup runs
-            original(src, dst)
-            promoted.append(dst)
-
-    monkeypatch.setattr(storage, "promote_file", promote_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with dies_after_first_promotion(monkeypatch):
         commit.commit(crashing, input_rows=40, parts=parts)
-    monkeypatch.setattr(storage, "promote_file", original)
     assert reader.read_manifest(unit)["attempt"] == first["attempt"]
     assert sorted(reader.read_committed(unit)["id"].to_pylist()) == list(range(40))
     assert len(_plain_ids(unit)) == 60  # the window plain Parquet cannot close
