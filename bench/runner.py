@@ -18,6 +18,7 @@ BENCHMARKS = {
     "assign": "Assignment throughput (rows/s) of the Ray Data assign job.",
     "seeding_repair": "Seeding and center-repair time as functions of k (issue #14).",
     "scale_k": "TELL defaults vs faiss and MiniBatchKMeans from k=256 to 16,384 (issue #14).",
+    "job_split": "The Ray job's time beside the estimator's at the defaults (issue #14).",
     "two_level": "The two-level model, k=1,048,576 on 10M x 64 rows from Parquet (issue #14).",
 }
 EXIT_USAGE = 2
