@@ -303,6 +303,7 @@ def _run_unit(
         f"committed {unit_loc.uri}: {manifest['rows']['assigned']:,} assigned, "
         f"{manifest['rows']['rejected']:,} rejected, {len(manifest['files'])} part file(s)"
         + (" in cluster=J/ directories" if manifest["partition_by"] else "")
+        + (f", Delta version {manifest['delta_version']}" if "delta_version" in manifest else "")
     )
     return manifest
 
