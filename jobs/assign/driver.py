@@ -123,6 +123,15 @@ def _check_table_format(job: AssignJob, run: storage.Location, manifests: list) 
             f"The run {run.uri} was committed with --table-format {other[0]}; re-run it with "
             f"--table-format {other[0]}, or give this run a new --run-id."
         )
+    if job.incremental and job.table_format == "delta":  # one table: one partitioning
+        layouts = {m.get("partition_by") == ["cluster"] for m in manifests if m is not None}
+        if layouts - {job.partition_by == "cluster"}:
+            theirs = "cluster" if job.partition_by != "cluster" else "none"
+            raise TellConfigError(
+                f"The Delta table {run.uri} holds partitions committed with --partition-by "
+                f"{theirs}; assign its new partitions the same way, or give this run a new "
+                "--run-id."
+            )
 
 
 def _warn_if_changed(unit: str, uris: list[str], manifest: dict) -> None:

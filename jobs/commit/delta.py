@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -41,6 +42,8 @@ import pyarrow.parquet as pq
 
 from jobs import storage
 from tell.errors import TellConfigError, TellStorageError
+
+logger = logging.getLogger("tell.commit")
 
 LOG_DIR = "_delta_log"
 PARTITION_COLUMN = "cluster"
@@ -96,10 +99,11 @@ class DeltaLog:
         self.options = storage.object_store_options(run)
         self.uri = run.uri if run.is_s3 else run.path
 
-    def publish(self, files: Sequence[dict[str, Any]], *, attempt: str) -> int:
+    def publish(self, files: Sequence[dict[str, Any]], *, attempt: str) -> int | None:
         """Commit the unit's assigned ``files`` (manifest entries: ``path`` relative to the
         unit, ``rows``, ``cluster`` when partitioned) as one Delta transaction that replaces
-        the unit's previous files; returns the table version it created."""
+        the unit's previous files; returns the table version it created (None when the
+        commit succeeded but reading the version back failed)."""
         dl = _deltalake()
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
@@ -116,7 +120,7 @@ class DeltaLog:
         ]
         schema = dl.Schema.from_arrow(self._table_schema(files))
         props = CommitProperties(custom_metadata={"tell.attempt": attempt, "tell.unit": self.unit})
-        with self._errors("committing"):
+        with _delta_errors(self.uri, "commit"):
             if not self.hive:  # the whole table: a re-run may change the partitioning
                 create_table_with_add_actions(
                     self.uri, schema, adds, mode="overwrite",
@@ -130,12 +134,28 @@ class DeltaLog:
                         partition_by=self.partition_columns, storage_options=self.options,
                     )  # fmt: skip
                 table = dl.DeltaTable(self.uri, storage_options=self.options)
+                self._require_partitioning(list(table.metadata().partition_columns))
                 table.create_write_transaction(
                     adds, mode="overwrite", schema=schema, partition_by=self.partition_columns,
                     partition_filters=[(key, "=", value) for key, value in self.hive.items()],
                     commit_properties=props,
                 )  # fmt: skip
+        try:  # committed: a failure to read it back must not undo the commit's files
             return dl.DeltaTable(self.uri, storage_options=self.options).version()
+        except Exception as exc:
+            logger.warning("committed the Delta log of %s; reading its version failed: %s",
+                           self.uri, type(exc).__name__)  # fmt: skip
+            return None
+
+    def _require_partitioning(self, table_columns: list[str]) -> None:
+        """A partition of an incremental run must be partitioned as the table is: deltalake
+        would accept other partition values and read the missing ones as nulls."""
+        if table_columns != self.partition_columns:
+            raise TellConfigError(
+                f"The Delta table {self.uri} is partitioned by {table_columns}, this partition "
+                f"by {self.partition_columns}: assign every partition of a run with the same "
+                "--partition-by (and the same hive keys), or give this run a new --run-id."
+            )
 
     def referenced(self) -> set[str]:
         """Paths, relative to the unit, of the files that the table's current version or the
@@ -144,7 +164,7 @@ class DeltaLog:
         if not is_table(self.run):
             return set()
         dl = _deltalake()
-        with self._errors("reading"):
+        with _delta_errors(self.uri, "read"):
             table = dl.DeltaTable(self.uri, storage_options=self.options)
             paths = self._unit_paths(table)
             if table.version() > 0:
@@ -193,9 +213,6 @@ class DeltaLog:
         if PARTITION_COLUMN in self.partition_columns:
             extra.append(self.schema.field(PARTITION_COLUMN))
         return pa.schema([*schema, *extra])
-
-    def _errors(self, action: str):
-        return _delta_errors(self.uri, action)
 
 
 @contextlib.contextmanager

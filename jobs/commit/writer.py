@@ -366,7 +366,7 @@ def commit(
     if log is not None:  # Delta readers' commit point: one transaction
         try:
             manifest["delta_version"] = log.publish(manifest["files"], attempt=attempt.attempt_id)
-        except TellStorageError:
+        except Exception:  # not committed: the promoted files go, as for a failed manifest
             _delete_quietly(attempt.unit, promoted)
             raise
     data = json.dumps(manifest, indent=2, default=str).encode()

@@ -414,3 +414,7 @@ def test_local_incremental_delta_table_holds_each_partition_once(ray_cluster_s3,
     days = dict(zip(seen["id"].to_pylist(), seen["dt"].to_pylist(), strict=True))
     assert days[int(ids[0])] == "2026-11-27" and days[int(ids[half])] == "2026-11-28"
     assert ray.data.read_delta(run).count() == N_ROWS - len(NAN_ROWS)
+    _write_input(storage.resolve(str(data / "dt=2026-11-29")), X[:10], ids[:10], n_files=1)
+    with pytest.raises(TellError, match="--partition-by none") as info:  # before Ray
+        assign.main(dataclasses.replace(job, partition_by="cluster"))
+    assert "\n" not in str(info.value)

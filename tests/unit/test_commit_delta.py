@@ -13,7 +13,7 @@ import pytest
 from jobs import storage
 from jobs.commit import delta, reader
 from jobs.commit import writer as commit
-from tell.errors import TellStorageError
+from tell.errors import TellConfigError, TellStorageError
 from tests.commit_faults import dies_after_first_promotion
 
 deltalake = pytest.importorskip("deltalake")
@@ -164,3 +164,28 @@ def test_partitions_are_replaced_by_their_own_transactions(tmp_path):
 def test_hive_values():
     assert delta.hive_values("") == {}
     assert delta.hive_values("dt=2026-11-28/region=eu") == {"dt": "2026-11-28", "region": "eu"}
+
+
+def test_a_partition_partitioned_unlike_the_table_is_refused(tmp_path):
+    """deltalake itself would accept a partition without the table's cluster partition values
+    (and read its clusters as nulls): the log refuses it in one line, the table unchanged."""
+    run = storage.resolve(str(tmp_path / "run"))
+    _commit(run, np.arange(10), unit="dt=2026-11-28", clusters=[0, 3])
+    with pytest.raises(TellConfigError) as info:
+        _commit(run, np.arange(10, 15), unit="dt=2026-11-29")  # no cluster partition
+    message = str(info.value)
+    assert "\n" not in message and "--partition-by" in message and run.path in message
+    assert _delta_ids(run) == list(range(10))
+    assert not storage.exists(run.join("dt=2026-11-29", commit.MANIFEST_FILE))
+    assert commit.part_files(run.join("dt=2026-11-29")) == []  # the promoted parts went
+
+
+def test_a_deltalake_failure_is_one_line(tmp_path):
+    """A table deltalake cannot read (a damaged log): one line naming the table."""
+    run = storage.resolve(str(tmp_path / "run"))
+    _commit(run, np.arange(10))
+    (tmp_path / "run" / delta.LOG_DIR / "00000000000000000000.json").write_text("not json")
+    with pytest.raises(TellStorageError) as info:
+        delta.DeltaLog(run, "", SCHEMA, partition_by_cluster=False).referenced()
+    message = str(info.value)
+    assert "\n" not in message and "Could not read the Delta log of" in message
