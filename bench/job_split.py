@@ -11,9 +11,10 @@ process (:func:`bench.train.run_job`). The job's wall time is split into Ray's s
 training (Ray Train's worker group, seeding, epochs, checkpoints) and the rest of the driver;
 ``epochs_s`` sums the epochs' own times from the run's history; ``job_process_s`` is the
 driver process from start to exit (Python imports and ``ray.shutdown`` included), and
-``job_minus_estimator_s`` is Ray's start-up plus the job's wall time minus the estimator's. Both partitions are scored
-on all rows over the floor (:func:`tell.metrics.partition_inertia`). The claim to check:
-the job's extra time over the estimator is fixed start-up, not per-epoch cost.
+``job_minus_estimator_s`` is Ray's start-up plus the job's wall time minus the estimator's.
+Both partitions are scored on all rows over the floor (:func:`tell.metrics.partition_inertia`).
+The claim to check: the job's extra time over the estimator is fixed start-up, not
+per-epoch cost.
 """
 
 from __future__ import annotations
