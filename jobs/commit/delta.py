@@ -46,7 +46,7 @@ from tell.errors import TellConfigError, TellStorageError
 logger = logging.getLogger("tell.commit")
 
 LOG_DIR = "_delta_log"
-PARTITION_COLUMN = "cluster"
+PARTITION_COLUMN = "cluster"  # writer.PARTITION_COLUMN (not imported: writer names DeltaLog)
 
 
 def _deltalake():
