@@ -33,6 +33,7 @@ logger = logging.getLogger("tell.watchdog")
 BEAT_EVERY_S = 2.0  # a beater sends at most one beat per this interval
 _CHECK_EVERY_S = 2.0  # how often the watchdog reads the heartbeat
 _EXIT_GRACE_S = 60.0  # after interrupting the driver: hard exit if it is still stuck
+DEMAND_SETTLE_S = 10.0  # how long a stalled job waits for its pending demand to be reported
 
 
 class Heartbeat:
@@ -155,17 +156,29 @@ def watch(stall_timeout_s: float, command: str) -> Iterator[Beater]:
             ray.kill(handle)
 
 
-def waiting_for() -> str:
+def waiting_for(settle_s: float = DEMAND_SETTLE_S) -> str:
     """What the cluster waits for, in words: its pending resource demand (tasks, actors,
-    placement groups) and what each node has free."""
+    placement groups) and what each node has free.
+
+    The demand reaches the GCS with the raylets' resource reports, seconds after a task or
+    placement group asks (longer on a loaded machine): while none is reported, it is read
+    again every second for up to ``settle_s`` seconds before the answer is "nothing".
+    """
     import ray
     from ray.autoscaler.v2.sdk import get_cluster_status
 
-    try:
-        status = get_cluster_status(ray.get_runtime_context().gcs_address)
-    except Exception as exc:  # an older or unreachable GCS: say so, do not fail on it
-        return f"the cluster's pending demand is unknown ({type(exc).__name__})"
-    demands = status.resource_demands
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        except Exception as exc:  # an older or unreachable GCS: say so, do not fail on it
+            return f"the cluster's pending demand is unknown ({type(exc).__name__})"
+        demands = status.resource_demands
+        if demands.ray_task_actor_demand or demands.placement_group_demand:
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
     pending = [
         f"{request.count} x {request.bundle} ({kind})"
         for kind, group in (
