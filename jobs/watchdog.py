@@ -156,27 +156,27 @@ def watch(stall_timeout_s: float, command: str) -> Iterator[Beater]:
             ray.kill(handle)
 
 
-def waiting_for(settle_s: float = DEMAND_SETTLE_S) -> str:
+def waiting_for() -> str:
     """What the cluster waits for, in words: its pending resource demand (tasks, actors,
     placement groups) and what each node has free.
 
     The demand reaches the GCS with the raylets' resource reports, seconds after a task or
     placement group asks (longer on a loaded machine): while none is reported, it is read
-    again every second for up to ``settle_s`` seconds before the answer is "nothing".
+    again every second for up to :data:`DEMAND_SETTLE_S` seconds before the answer is
+    "nothing".
     """
     import ray
     from ray.autoscaler.v2.sdk import get_cluster_status
 
-    deadline = time.monotonic() + settle_s
+    deadline = time.monotonic() + DEMAND_SETTLE_S
     while True:
         try:
             status = get_cluster_status(ray.get_runtime_context().gcs_address)
         except Exception as exc:  # an older or unreachable GCS: say so, do not fail on it
             return f"the cluster's pending demand is unknown ({type(exc).__name__})"
         demands = status.resource_demands
-        if demands.ray_task_actor_demand or demands.placement_group_demand:
-            break
-        if time.monotonic() >= deadline:
+        reported = demands.ray_task_actor_demand or demands.placement_group_demand
+        if reported or time.monotonic() >= deadline:
             break
         time.sleep(1.0)
     pending = [
