@@ -16,7 +16,11 @@
 4. **evaluation**: the routed fine center of every row (:meth:`TwoLevelModel.predict`, in
    chunks), the partition inertia of those labels (each fine cluster at its mean) over the
    floor and the fine centers used; then the routed-vs-exact disagreement on
-   ``--sample-rows`` rows (exact = nearest of all k fine centers).
+   ``--sample-rows`` rows (exact = nearest of all k fine centers);
+5. **routing**: the same evaluation with each ``--probes`` value as ``n_probe`` (the
+   groups of that many nearest coarse centers searched): the disagreement, the floor
+   ratio and the rows per second of the routed search, beside the exact search's rows per
+   second on the sample: what more probes buy and cost (a second table).
 
 Peak resident memory (``ru_maxrss``) of this process is recorded after every step, and that
 of the largest fine-fit process when there is a pool. Prints a table and writes JSON
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generating-k", type=int, default=None, help="default: --k")
     p.add_argument("--n-coarse", type=int, default=None, help="default: round(sqrt(k))")
     p.add_argument("--sample-rows", type=int, default=20_000, help="disagreement sample")
+    p.add_argument("--probes", default="1,2,3,4", help="n_probe values of the routing table")
     p.add_argument("--file-rows", type=int, default=1_000_000, help="rows per Parquet file")
     p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
     p.add_argument("--fine-processes", type=int, default=1, help="processes of the fine fits")
@@ -168,12 +173,38 @@ def partition_inertia_of(X: np.ndarray, labels: np.ndarray, n_clusters: int) -> 
     return acc.value
 
 
-def routed_labels(model: TwoLevelModel, X: np.ndarray) -> np.ndarray:
+def routed_labels(model: TwoLevelModel, X: np.ndarray, n_probe: int = 1) -> np.ndarray:
     """The routed fine center (n,) int64 of every row, in chunks."""
     labels = np.empty(X.shape[0], dtype=np.int64)
     for part in _chunks(X.shape[0]):
-        labels[part] = model.predict(X[part])[0].numpy()
+        labels[part] = model.predict(X[part], n_probe=n_probe)[0].numpy()
     return labels
+
+
+def routing_row(
+    model: TwoLevelModel, X: np.ndarray, sample: np.ndarray, floor: float, n_probe: int
+) -> dict[str, Any]:
+    """The routed search with ``n_probe`` groups on every row of ``X`` (rows per second,
+    inertia over ``floor``, fine centers used) and its disagreement on ``sample``."""
+    started = time.perf_counter()
+    labels = routed_labels(model, X, n_probe)
+    seconds = time.perf_counter() - started
+    return {
+        "n_probe": n_probe,
+        "routed_rows_per_s": round(X.shape[0] / seconds),
+        "scores_per_row": model.n_coarse + n_probe * model.n_clusters // model.n_coarse,
+        "over_floor": round(partition_inertia_of(X, labels, model.n_clusters) / floor, 4),
+        "fine_centers_used": int(np.unique(labels).size),
+        "disagreement": round(model.disagreement(sample, n_probe=n_probe), 5),
+        "check_share": model.check_share(n_probe),
+    }
+
+
+def exact_rows_per_s(model: TwoLevelModel, sample: np.ndarray) -> float:
+    """Rows per second of the exact search (all k fine centers) over ``sample``."""
+    started = time.perf_counter()
+    model.predict(sample, routed=False)
+    return sample.shape[0] / (time.perf_counter() - started)
 
 
 class Steps:
@@ -192,8 +223,8 @@ class Steps:
         print(f"  {name:<13} {self.seconds[name]:9.2f} s  peak RSS {self.peak_rss_mib[name]} MiB")
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Every step of the module docstring; returns the result row."""
+def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every step of the module docstring; returns the result row and the routing rows."""
     generating_k = args.generating_k or args.k
     steps = Steps()
     paths = write_blobs(args, workdir / "data", generating_k)
@@ -216,8 +247,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sample = X[np.sort(rng.choice(args.rows, min(args.sample_rows, args.rows), replace=False))]
     disagreement = model.disagreement(sample)
     steps.done("disagreement")
+    exact_rate = exact_rows_per_s(model, sample)
+    probes = [int(p) for p in args.probes.split(",") if int(p) <= model.n_coarse]
+    routing = [
+        {**routing_row(model, X, sample, floor, p), "exact_rows_per_s": round(exact_rate)}
+        for p in probes
+    ]
+    steps.done("routing")
     info = model.fit_info
-    return {
+    row = {
         "data": f"{args.rows:,} x {args.dim}",
         "generating_k": generating_k,
         "k": model.n_clusters,
@@ -244,6 +282,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "steps_s": json.dumps(steps.seconds, separators=(",", ":")),
         "peak_rss_mib_after": json.dumps(steps.peak_rss_mib, separators=(",", ":")),
     }
+    return row, routing
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -256,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tell-bench-two-level-"))
     try:
         with threadpool_limits(args.threads):
-            row = run(args, workdir)
+            row, routing = run(args, workdir)
     finally:
         if not args.keep_data:
             shutil.rmtree(workdir / "data", ignore_errors=True)
@@ -269,13 +308,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Two-level model, spherical blobs streamed from Parquet ({args.threads} thread(s), "
         f"{machine['cpu_count']} CPUs, {load})"
     )
+    routing_title = (
+        f"Routing through n_probe coarse groups vs the exact search, k={row['k']:,}, "
+        f"{row['data']} ({load})"
+    )
     result = {
         "benchmark": "two_level",
         "machine": machine,
         "args": vars(args),
-        "tables": {title: [row]},
+        "tables": {title: [row], routing_title: routing},
     }
     print(_line(row))
+    for r in routing:
+        print(
+            f"  n_probe {r['n_probe']}: disagreement {r['disagreement']:.2%}, "
+            f"{r['over_floor']:.4f}x floor, {r['routed_rows_per_s']:,} rows/s routed "
+            f"(exact {r['exact_rows_per_s']:,})"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -202,6 +202,8 @@ class AssignJob(Resources):
     table_format : "parquet" (plain Parquet parts and a _SUCCESS manifest) or "delta" (the
         same parts, and the run is also a Delta Lake table: an atomic replacement for Delta
         readers; needs the deltalake package).
+    n_probe : a two-level model searches the fine centers of each row's ``n_probe`` nearest
+        coarse centers, in [1, n_coarse] (default ``tell.two_level.DEFAULT_N_PROBE``).
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
@@ -217,10 +219,13 @@ class AssignJob(Resources):
     incremental: bool = False
     partition_by: str = "none"
     table_format: str = "parquet"
+    n_probe: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _not_empty("column", self.column)
+        if self.n_probe is not None:
+            check_range("n_probe", self.n_probe, low=1)  # its upper bound is the model's
         check_choice("partition_by", self.partition_by, PARTITION_BY)
         check_choice("table_format", self.table_format, TABLE_FORMATS)
         if not self.id_columns:

@@ -142,7 +142,8 @@ def model_shape(model: AnyModel) -> tuple[int, int]:
 def routing(metadata: dict[str, Any]) -> dict[str, Any]:
     """What a manifest records of how rows were routed: ``{"levels": 1}``, or for a
     two-level model its coarse centers and the routed-vs-exact disagreement measured at
-    training (``{"levels": 2, "n_coarse": ..., "disagreement": {"rate", "rows"}}``)."""
+    training (``{"levels": 2, "n_coarse": ..., "disagreement": {"rate", "rows", "n_probe"}}``;
+    an assignment run adds its own measure, ``routing_check``)."""
     if not is_two_level(metadata):
         return {"levels": 1}
     return {

@@ -57,6 +57,11 @@ COARSE_ROWS_PER_CENTER = 1024  # the coarse fit's sample: faiss's two-level clus
 # rows into groups, and TELL reaches its floor ratio from a few hundred rows per center.
 UNIT_TOLERANCE = 1e-3  # |norm - 1| accepted for a "unit" row (float32 data normalised elsewhere)
 _CHECK_CHUNK_ROWS = 1 << 20  # rows per chunk of the unit-norm check
+_PROBE_SCORES = 1 << 20  # row x coarse-center scores per chunk of the n_probe search (4 MiB)
+DEFAULT_N_PROBE = 1  # coarse groups an assignment searches per row: see docs/DEFAULTS.md
+EXACT_CHECK_COST = 0.1  # an assignment run's exact check of its routing costs at most this
+# share of the routed search: enough rows to measure the disagreement within a point at a
+# million rows, a bounded slowdown at any k (TwoLevelModel.check_share)
 _RESERVED_PARAMS = ("n_clusters", "random_state", "encoder")
 
 
@@ -377,6 +382,25 @@ def _check_unit_rows(X: np.ndarray) -> None:
 # --------------------------------------------------------------------------- the model
 
 
+def _nearest_coarse(z: torch.Tensor, coarse_centers: torch.Tensor, n_probe: int) -> torch.Tensor:
+    """The ``n_probe`` nearest coarse centers of each unit row, nearest first: (n, n_probe)
+    int64. One argmax pass per probe over cache-sized score chunks, each best masked for
+    the next (numpy's argmax: several times faster than torch's topk at small n_probe)."""
+    if n_probe == 1:
+        return nearest(z, coarse_centers)[0][:, None]
+    out = np.empty((z.shape[0], n_probe), dtype=np.int64)
+    centers_t = coarse_centers.T.contiguous()  # (d, k1)
+    chunk = max(1, _PROBE_SCORES // coarse_centers.shape[0])
+    for start in range(0, z.shape[0], chunk):
+        scores = (z[start : start + chunk] @ centers_t).numpy()  # (m, k1)
+        rows = np.arange(scores.shape[0])
+        for j in range(n_probe):
+            best = np.argmax(scores, axis=1)
+            out[start : start + scores.shape[0], j] = best
+            scores[rows, best] = -np.inf
+    return torch.from_numpy(out)
+
+
 class TwoLevelAssignment(NamedTuple):
     """Per-row routed assignment and explanation (all tensors of shape (n,), on the CPU).
 
@@ -432,31 +456,65 @@ class TwoLevelModel:
         return torch.searchsorted(self.offsets, labels, right=True) - 1
 
     def predict(
-        self, z: np.ndarray | torch.Tensor, routed: bool = True
+        self, z: np.ndarray | torch.Tensor, routed: bool = True, n_probe: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(fine labels, coarse labels), each (n,) int64, of the unit rows ``z`` (n, d).
 
-        ``routed``: the nearest coarse center, then the nearest fine center of its group
-        (k1 + k/k1 scores per row). Otherwise the nearest of all k fine centers (exact, in
+        ``routed``: the ``n_probe`` nearest coarse centers, then the nearest fine center of
+        their groups (k1 + n_probe * k/k1 scores per row); the coarse label is the group
+        that center belongs to. Otherwise the nearest of all k fine centers (exact, in
         :func:`tell.assign.nearest`'s bounded chunks) and the coarse center of its group.
         """
         z = self._rows(z)
         if routed:
-            result = self._route(z, explain=False)
+            result = self._route(z, explain=False, n_probe=self._probes(n_probe))
             return result.labels, result.coarse_labels
         labels, _ = nearest(z, self.fine_centers)
         return labels, self.coarse_of(labels)
 
-    def explain(self, z: np.ndarray | torch.Tensor) -> TwoLevelAssignment:
-        """The routed assignment of the unit rows ``z`` (n, d) with distances and margins."""
-        return self._route(self._rows(z), explain=True)
+    def explain(self, z: np.ndarray | torch.Tensor, n_probe: int = 1) -> TwoLevelAssignment:
+        """The routed assignment of the unit rows ``z`` (n, d) with distances and margins;
+        the runner-up is the second-nearest fine center of the ``n_probe`` probed groups."""
+        return self._route(self._rows(z), explain=True, n_probe=self._probes(n_probe))
 
-    def disagreement(self, z_sample: np.ndarray | torch.Tensor) -> float:
-        """Fraction of the rows of ``z_sample`` (n, d) whose routed fine center is not their
-        exact nearest fine center, in [0, 1]. Costs n x k scores: pass a sample."""
-        routed, _ = self.predict(z_sample, routed=True)
+    def disagreement(self, z_sample: np.ndarray | torch.Tensor, n_probe: int = 1) -> float:
+        """Fraction of the rows of ``z_sample`` (n, d) whose routed fine center (``n_probe``
+        groups probed) is not their exact nearest fine center, in [0, 1]. Costs n x k
+        scores: pass a sample."""
+        routed, _ = self.predict(z_sample, routed=True, n_probe=n_probe)
         exact, _ = self.predict(z_sample, routed=False)
         return float((routed != exact).double().mean()) if routed.numel() else 0.0
+
+    def check_share(self, n_probe: int = 1) -> float:
+        """Share of an assignment's rows that may also be searched exactly (all k fine
+        centers) for :meth:`routing_check` at :data:`EXACT_CHECK_COST` of the routed search:
+        ``EXACT_CHECK_COST * (k1 + n_probe * largest group) / k``, at most 1."""
+        largest = int(self.offsets.diff().max())
+        routed = self.n_coarse + self._probes(n_probe) * largest  # scores per routed row
+        return min(1.0, EXACT_CHECK_COST * routed / self.n_clusters)
+
+    def routing_check(
+        self, z: torch.Tensor, labels: torch.Tensor, checked: torch.Tensor
+    ) -> torch.Tensor:
+        """Whether each routed label differs from the exact nearest fine center, on the
+        ``checked`` rows only: (n,) int8, 1 differs, 0 agrees, -1 not checked.
+
+        ``z`` (n, d) unit rows, ``labels`` (n,) int64 their routed fine centers, ``checked``
+        (n,) bool the rows to search exactly (a sample: each costs k scores).
+        """
+        out = torch.full((z.shape[0],), -1, dtype=torch.int8)
+        rows = torch.nonzero(checked).squeeze(1)
+        if rows.numel():
+            exact, _ = nearest(self._rows(z)[rows], self.fine_centers)
+            out[rows] = (exact != labels[rows]).to(torch.int8)
+        return out
+
+    def _probes(self, n_probe: int) -> int:
+        if not _is_int(n_probe) or not 1 <= n_probe <= self.n_coarse:
+            raise TellConfigError(
+                f"n_probe must be an int in [1, n_coarse={self.n_coarse}]. Got {n_probe!r}."
+            )
+        return int(n_probe)
 
     def _rows(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``z`` as a contiguous float32 CPU tensor (n, d), or TellDataError."""
@@ -469,29 +527,45 @@ class TwoLevelModel:
         return tensor.to(torch.float32).contiguous()
 
     @torch.no_grad()
-    def _route(self, z: torch.Tensor, explain: bool) -> TwoLevelAssignment:
+    def _route(self, z: torch.Tensor, explain: bool, n_probe: int) -> TwoLevelAssignment:
+        """Search the groups of each row's ``n_probe`` nearest coarse centers: each (row,
+        probe) pair is a query of its group, one GEMM per group; its best (and with
+        ``explain`` its second) fine center is a candidate of the row. The answer is the
+        row's nearest candidate, the runner-up the next one."""
         n = z.shape[0]
-        coarse, _ = nearest(z, self.coarse_centers)  # (n,)
-        labels = torch.empty(n, dtype=torch.int64)
-        distance = torch.empty(n, dtype=torch.float32)
-        runner_up = torch.full((n,), -1, dtype=torch.int64)
-        margin = torch.full((n,), math.inf, dtype=torch.float32)
-        counts = torch.bincount(coarse, minlength=self.n_coarse).tolist()
+        group = _nearest_coarse(z, self.coarse_centers, n_probe).reshape(-1)  # (n * p,)
+        row = torch.arange(n).repeat_interleave(n_probe)  # (n * p,) each pair's row
+        width = 2 if explain else 1
+        labels = torch.full((n * n_probe, width), -1, dtype=torch.int64)  # candidates
+        distance = torch.full((n * n_probe, width), math.inf, dtype=torch.float32)
         bounds = self.offsets.tolist()
-        groups = torch.argsort(coarse, stable=True).split(counts)
-        for c, rows in enumerate(groups):
-            if rows.numel() == 0:
+        counts = torch.bincount(group, minlength=self.n_coarse).tolist()
+        for c, pairs in enumerate(torch.argsort(group, stable=True).split(counts)):
+            if pairs.numel() == 0:
                 continue
             lo, hi = bounds[c], bounds[c + 1]
-            zc, centers = z[rows], self.fine_centers[lo:hi]
+            zc, centers = z[pairs if n_probe == 1 else row[pairs]], self.fine_centers[lo:hi]
             if explain and hi - lo >= 2:
                 a = assign(zc, centers)
-                local, distance[rows] = a.labels, a.distance
-                runner_up[rows], margin[rows] = a.runner_up + lo, a.margin
+                labels[pairs, 0], distance[pairs, 0] = a.labels + lo, a.distance
+                labels[pairs, 1], distance[pairs, 1] = a.runner_up + lo, a.distance + a.margin
             else:
-                local, distance[rows] = nearest(zc, centers)
-            labels[rows] = local + lo
-        return TwoLevelAssignment(labels, coarse, distance, runner_up, margin)
+                local, distance[pairs, 0] = nearest(zc, centers)
+                labels[pairs, 0] = local + lo
+        labels = labels.reshape(n, n_probe * width)  # a row's candidates, nearest group first
+        distance = distance.reshape(n, n_probe * width)
+        ranked_labels, ranked = labels, distance  # one group: its best, then its second
+        if n_probe > 1:
+            order = torch.argsort(distance, dim=1, stable=True)[:, :2]  # (n, 2) candidates
+            ranked_labels, ranked = labels.gather(1, order), distance.gather(1, order)
+        winner, d_best = ranked_labels[:, 0].contiguous(), ranked[:, 0].contiguous()
+        runner_up = torch.full((n,), -1, dtype=torch.int64)
+        margin = torch.full((n,), math.inf, dtype=torch.float32)
+        if explain and ranked.shape[1] > 1:
+            found = torch.isfinite(ranked[:, 1])  # a second candidate exists
+            runner_up[found] = ranked_labels[found, 1]
+            margin[found] = (ranked[:, 1] - d_best)[found]
+        return TwoLevelAssignment(winner, self.coarse_of(winner), d_best, runner_up, margin)
 
     # ------------------------------------------------------------- persistence
     def dump(self) -> tuple[bytes, bytes]:

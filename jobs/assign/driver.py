@@ -27,6 +27,7 @@ from typing import Any
 from jobs import progress, runtime, storage, watchdog
 from jobs.assign import ids
 from jobs.assign.predictor import (
+    CHECK_COLUMN,
     REASON,
     TWO_LEVEL_COLUMNS,
     Assigner,
@@ -45,6 +46,7 @@ from jobs.model import (
     routing,
 )
 from tell.errors import TellConfigError, TellStorageError
+from tell.two_level import DEFAULT_N_PROBE, TwoLevelModel
 
 logger = logging.getLogger("tell.assign")
 
@@ -72,18 +74,21 @@ class Plan:
     columns: tuple[str, ...]  # the assignment columns (predictor.result_columns)
     units: list[tuple[str, InputSet]]
     skipped: list[str]
+    n_probe: int | None  # coarse groups searched per row (two-level models only)
 
 
 def plan(job: AssignJob) -> Plan:
     """Validate model, output, input and columns against each other (no Ray yet)."""
-    clash = sorted(set(job.id_columns) & {*TWO_LEVEL_COLUMNS, REASON})
+    reserved = [*TWO_LEVEL_COLUMNS, REASON, CHECK_COLUMN]
+    clash = sorted(set(job.id_columns) & set(reserved))
     if clash or len(set(job.id_columns)) != len(job.id_columns):
         raise TellConfigError(
             f"The 'id_columns' must be distinct and must not be named like an output column "
-            f"{[*TWO_LEVEL_COLUMNS, REASON]}. Got {list(job.id_columns)}."
+            f"{reserved}. Got {list(job.id_columns)}."
         )
     model, meta = load_assignable(job.model)
     width, k = model_shape(model)
+    n_probe = probes(job, model)
     columns = result_columns(is_two_level(meta))
     out = storage.resolve(job.out)
     storage.check_access(out, write=True)
@@ -103,11 +108,32 @@ def plan(job: AssignJob) -> Plan:
             _warn_if_changed(unit, files.uris(groups[unit]), done[unit])
         paths = [path for unit, group in groups.items() if unit not in skipped for path in group]
         if not paths:
-            return Plan(run_id, run, meta, k, columns, [], skipped)
+            return Plan(run_id, run, meta, k, columns, [], skipped, n_probe)
     data = files.open(job.column, required=job.id_columns, paths=paths)  # only these footers
     data.require_width(width, job.model)
     units = list(data.partitions().items()) if job.incremental else [("", data)]
-    return Plan(run_id, run, meta, k, columns, units, skipped)
+    return Plan(run_id, run, meta, k, columns, units, skipped, n_probe)
+
+
+def probes(job: AssignJob, model: Any) -> int | None:
+    """The coarse groups a two-level model searches per row: ``job.n_probe``, else
+    ``DEFAULT_N_PROBE`` (at most the model's coarse centers); None for a one-level model,
+    which has no coarse level to set it for."""
+    if not isinstance(model, TwoLevelModel):
+        if job.n_probe is not None:
+            raise TellConfigError(
+                f"The 'n_probe' applies to two-level models (tell train --levels 2); "
+                f"{job.model} has one level. Drop n_probe."
+            )
+        return None
+    if job.n_probe is None:
+        return min(DEFAULT_N_PROBE, model.n_coarse)
+    if job.n_probe > model.n_coarse:
+        raise TellConfigError(
+            f"The 'n_probe' must be at most the model's {model.n_coarse} coarse centers. "
+            f"Got {job.n_probe}."
+        )
+    return job.n_probe
 
 
 def _check_table_format(job: AssignJob, run: storage.Location, manifests: list) -> None:
@@ -175,6 +201,10 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     with watchdog.watch(job.stall_timeout_s, "assign") as beat:
         committed = [_run_unit(job, p, unit, info, on_event, beat) for unit, info in p.units]
     totals = {key: sum(m["rows"][key] for m in committed) for key in ("assigned", "rejected")}
+    if p.n_probe is not None:
+        summary["routing_check"] = routing_check(
+            p.n_probe, *(sum(m["routing_check"][key] for m in committed) for key in CHECKED)
+        )
     rows = sum(m["rows"]["input"] for m in committed)
     wall_s = time.perf_counter() - started
     summary.update(
@@ -188,6 +218,17 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     if job.incremental:
         summary["partitions_assigned"] = [u for u, _ in p.units]
     return summary
+
+
+CHECKED = ("rows", "differs")  # keys of a routing check's counts
+
+
+def routing_check(n_probe: int, rows: int, differs: int) -> dict[str, Any]:
+    """What a manifest and the summary record of a two-level run's routing check: the
+    groups searched, the rows also searched exactly, how many of those the routing missed
+    and that rate (None when no row was checked)."""
+    return {"n_probe": n_probe, "rows": rows, "differs": differs,
+            "rate": differs / rows if rows else None}  # fmt: skip
 
 
 def _object_store_budget(job: AssignJob, info: InputSet) -> int:
@@ -247,6 +288,7 @@ def _run_unit(
         job.min_rows_per_file,
         on_event,
         partition_by_cluster=job.partition_by == "cluster",
+        check_column=None if p.n_probe is None else CHECK_COLUMN,
     )
     use_gpu = job.gpus_per_worker > 0
     columns = list(dict.fromkeys([job.column, *job.id_columns]))
@@ -262,6 +304,7 @@ def _run_unit(
             "threads": 1 if use_gpu else max(1, int(job.cpus_per_worker)),
             "use_gpu": use_gpu,
             "heartbeat": beat.handle,
+            "n_probe": p.n_probe or 1,
         },
         batch_format="pyarrow",
         batch_size=job.batch_size,
@@ -278,6 +321,11 @@ def _run_unit(
             )
         if on_event is not None:
             on_event("staged")
+        checked = (
+            {}
+            if p.n_probe is None
+            else {"routing_check": routing_check(p.n_probe, *sink.routing_check)}
+        )
         manifest = writer.commit(
             attempt,
             input_rows=info.num_rows,
@@ -290,6 +338,7 @@ def _run_unit(
                 "model": {"uri": job.model, "id": model_id(p.model_meta)},
                 "n_clusters": p.n_clusters,
                 **routing(p.model_meta),
+                **checked,
                 "input": {
                     "uri": info.uri,
                     "column": job.column,
@@ -308,6 +357,13 @@ def _run_unit(
     duplicated = ids.duplicated_ids_message(sink.id_sketch, info.num_rows, job.id_columns)
     if duplicated:
         logger.warning("%s: %s", unit_loc.uri, duplicated)
+    if checked:
+        c = checked["routing_check"]
+        rate = "no row" if c["rate"] is None else f"{c['rate']:.2%} of {c['rows']:,} rows"
+        progress.line(
+            f"routed through {c['n_probe']} of {p.model_meta.get('n_coarse')} coarse groups: "
+            f"differs from the exact nearest center on {rate} checked"
+        )
     progress.line(
         f"committed {unit_loc.uri}: {manifest['rows']['assigned']:,} assigned, "
         f"{manifest['rows']['rejected']:,} rejected, {len(manifest['files'])} part file(s)"

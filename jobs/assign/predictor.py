@@ -6,7 +6,10 @@ float32 (squared Euclidean on the unit sphere, in [0, 4]), ``runner_up`` int32, 
 float32 (runner-up distance minus distance). A two-level model answers within the routed
 group: its runner-up is the group's second-nearest center, and a group of one center has
 ``runner_up`` -1 and ``margin`` +inf (no competitor: never ambiguous; a number, not null,
-so that assigned rows hold no nulls and ``margin < t`` filters stay right). Rows that
+so that assigned rows hold no nulls and ``margin < t`` filters stay right). A two-level
+model's batches also carry ``_routing_check`` int8 for the sink to count and drop, never
+written: on a random :meth:`TwoLevelModel.check_share` of the rows, 1 where the routed
+center is not the exact nearest one, 0 where it is; -1 on the other rows. Rows that
 cannot be assigned (null, non-finite values, wrong length) go to ``_rejected`` parts: the
 id columns and a ``reason``. The predictor returns both kinds in one table, the assigned
 rows with a null ``reason``; the sink (:mod:`jobs.assign.sink`) splits them.
@@ -32,7 +35,9 @@ from tell.two_level import TwoLevelModel
 RESULT_COLUMNS = ("cluster", "distance", "runner_up", "margin")
 COARSE_COLUMN = "coarse_cluster"
 TWO_LEVEL_COLUMNS = ("cluster", COARSE_COLUMN, "distance", "runner_up", "margin")
+CHECK_COLUMN = "_routing_check"  # between predictor and sink only
 _DTYPES = {
+    CHECK_COLUMN: np.int8,
     "cluster": np.int32,
     COARSE_COLUMN: np.int32,
     "distance": np.float32,
@@ -58,17 +63,22 @@ def output_schema(
     return pa.schema([*ids, *(pa.field(n, pa.from_numpy_dtype(_DTYPES[n])) for n in columns)])
 
 
-def scorer(model: Any, device: torch.device) -> Scorer:
+def scorer(model: Any, device: torch.device, n_probe: int = 1) -> Scorer:
     """The per-chunk assignment of ``model``: a TELL model encodes the rows (on ``device``)
     and scores every center (:func:`tell.assign.assign`); a :class:`TwoLevelModel`
-    normalises them (as the identity encoder does) and routes them through its coarse
-    level (:meth:`TwoLevelModel.explain`, on the CPU)."""
+    normalises them (as the identity encoder does), routes them through its ``n_probe``
+    nearest coarse groups (:meth:`TwoLevelModel.explain`, on the CPU) and checks a random
+    share of them against the exact search (:meth:`TwoLevelModel.routing_check`)."""
     if isinstance(model, TwoLevelModel):
+        share = model.check_share(n_probe)
+        rng = np.random.default_rng()  # a measurement: any rows will do, but not fixed ones
 
         def route(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            r = model.explain(F.normalize(x, dim=1))
-            values = (r.labels, r.coarse_labels, r.distance, r.runner_up, r.margin)
-            return dict(zip(TWO_LEVEL_COLUMNS, values, strict=True))
+            z = F.normalize(x, dim=1)
+            r = model.explain(z, n_probe=n_probe)
+            check = model.routing_check(z, r.labels, torch.from_numpy(rng.random(len(z)) < share))
+            values = (r.labels, r.coarse_labels, r.distance, r.runner_up, r.margin, check)
+            return dict(zip((*TWO_LEVEL_COLUMNS, CHECK_COLUMN), values, strict=True))
 
         return route
     model = model.to(device).eval()
@@ -87,8 +97,9 @@ class Assigner:
 
     Loads the model once per actor (safetensors + JSON via :mod:`jobs.model`, either kind),
     screens the rows, scores the valid ones (:func:`scorer`: no grad, eval mode, on the GPU
-    when the actor has one and the model is a TELL model). Rejected rows get null results
-    and a reason; assigned rows a null reason. Row order and count are those of the batch.
+    when the actor has one and the model is a TELL model; ``n_probe`` for a two-level
+    model). Rejected rows get null results and a reason; assigned rows a null reason. Row
+    order and count are those of the batch.
     """
 
     def __init__(
@@ -100,14 +111,16 @@ class Assigner:
         threads: int = 1,
         use_gpu: bool = False,
         heartbeat: Any | None = None,
+        n_probe: int = 1,
     ) -> None:
         torch.set_num_threads(max(1, int(threads)))
         self.beat = Beater(heartbeat)  # the job's watchdog hears of every batch
         self.column, self.dim, self.id_columns = column, dim, tuple(id_columns)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         model, _ = load_assignable(model_uri)  # the driver checked its width
-        self.columns = result_columns(isinstance(model, TwoLevelModel))
-        self.score = scorer(model, device)
+        two_level = isinstance(model, TwoLevelModel)
+        self.columns = (*result_columns(two_level), *((CHECK_COLUMN,) if two_level else ()))
+        self.score = scorer(model, device, n_probe)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         screen = screen_rows(batch, self.column, self.dim)

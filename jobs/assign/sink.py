@@ -30,6 +30,10 @@ class AssignmentSink(Datasink):
     ``cluster=J/`` and without the ``cluster`` column (the hive convention: readers take
     it from the directory name).
 
+    With ``check_column`` (a two-level model's routing check, see
+    :mod:`jobs.assign.predictor`), that column is counted and dropped before writing:
+    ``routing_check`` is then (rows checked, rows whose routed center was not the exact one).
+
     Only the returned parts are committed: files of failed or retried tasks are ignored.
     """
 
@@ -41,8 +45,11 @@ class AssignmentSink(Datasink):
         on_event: Callable[[str], None] | None = None,
         *,
         partition_by_cluster: bool = False,
+        check_column: str | None = None,
     ) -> None:
         self.attempt = attempt
+        self.check_column = check_column
+        self.routing_check = (0, 0)
         self.partition_by_cluster = partition_by_cluster
         self.id_columns = tuple(id_columns)
         self.min_rows = int(min_rows_per_file)
@@ -79,9 +86,15 @@ class AssignmentSink(Datasink):
 
         reasons: Counter[str] = Counter()
         id_sketch = ids.merge([])
+        checked = differs = 0
         try:
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
+                if self.check_column is not None:
+                    check = table.column(self.check_column)
+                    checked += pc.sum(pc.greater_equal(check, 0)).as_py() or 0
+                    differs += pc.sum(pc.equal(check, 1)).as_py() or 0
+                    table = table.drop_columns([self.check_column])
                 id_sketch = ids.sketch(table, self.id_columns, id_sketch)
                 reason = table.column(REASON)
                 if reason.null_count == table.num_rows:
@@ -101,6 +114,7 @@ class AssignmentSink(Datasink):
             "parts": [p.to_dict() for p in parts if p],
             "reasons": dict(reasons),
             "ids": id_sketch,
+            "routing_check": [checked, differs],
         }
 
     def _write_assigned(self, table: pa.Table, part_writer) -> None:
@@ -122,3 +136,5 @@ class AssignmentSink(Datasink):
         self.parts = [writer.Part.from_dict(p) for r in returns for p in r["parts"]]
         self.reasons = writer.count_reasons(r["reasons"] for r in returns)
         self.id_sketch = ids.merge([r["ids"] for r in returns])
+        checks = [r["routing_check"] for r in returns]
+        self.routing_check = (sum(c[0] for c in checks), sum(c[1] for c in checks))

@@ -5,9 +5,9 @@ rows in the object store), gathers them into one (n, d) array, normalises them a
 :func:`tell.two_level.fit_two_level`: the coarse fit and the split run on the driver, and
 every coarse group's fine fit is a Ray task (:class:`RayMap`: ``workers`` at once, each
 asking for ``cpus_per_worker`` CPUs, so fractional clusters run them; results in group
-order). The routed-vs-exact disagreement is measured on a bounded uniform sample of the
-rows (:func:`disagreement_rows`), and the model is published as ``<out>/<name>/model``
-(:func:`jobs.model.publish_two_level`).
+order). The routed-vs-exact disagreement (routing as ``tell assign`` does by default) is
+measured on a bounded uniform sample of the rows (:func:`disagreement_rows`), and the
+model is published as ``<out>/<name>/model`` (:func:`jobs.model.publish_two_level`).
 
 Every row is held by the driver, so the input must fit: its features may take at most
 :data:`ROWS_SHARE` of the object store and of the driver's available memory
@@ -34,7 +34,7 @@ from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
 from tell.config import TrainConfig
 from tell.errors import TellDataError, TellError
-from tell.two_level import FineTask, fit_two_level
+from tell.two_level import DEFAULT_N_PROBE, FineTask, fit_two_level
 
 # The driver holds every row (X, and its share of the gathered groups) and the scan keeps
 # them in the object store first: each may give the features at most this share.
@@ -215,14 +215,15 @@ def main(job: TrainJob, info: InputSet, cfg: TrainConfig) -> dict[str, Any]:
             )
         fit_s = time.perf_counter() - started - scan_s
         sample = unit_rows(scan.sample.copy(), "the disagreement sample")
-        rate = model.disagreement(sample)
+        n_probe = min(DEFAULT_N_PROBE, model.n_coarse)  # as tell assign routes by default
+        rate = model.disagreement(sample, n_probe=n_probe)
     facts = model.fit_info
     progress.line(
         f"two-level model: {model.n_coarse} coarse x {model.n_clusters:,} fine centers in "
         f"{fit_s:.1f} s (coarse {facts['coarse_fit_s']} s, fine {facts['fine_fit_s']} s); "
         f"routed differs from exact on {rate:.2%} of {len(sample):,} rows"
     )
-    disagreement = {"rate": rate, "rows": len(sample)}
+    disagreement = {"rate": rate, "rows": len(sample), "n_probe": n_probe}
     uri, _ = publish_two_level(
         model,
         out,

@@ -1,7 +1,8 @@
 """``tell train --levels 2`` then ``tell assign`` on a local Ray cluster (issue #14).
 
 The fine fits run as Ray tasks; the assignment writes the routed fine label and the coarse
-center of every row, and the manifest records the disagreement measured at training.
+center of every row, and the manifest records the disagreement measured at training and
+the routing check of the run's own rows.
 """
 
 import os
@@ -86,6 +87,23 @@ def test_two_level_train_then_assign(ray_cluster, blobs, tmp_path):
     manifest = reader.read_manifest(storage.resolve(summary["run"]))
     assert manifest["levels"] == 2 and manifest["n_coarse"] == 16
     assert manifest["disagreement"] == trained["disagreement"]
+    check = manifest["routing_check"]  # measured on this run's rows
+    assert summary["routing_check"] == check and check["n_probe"] == 1
+    differs = cluster != model.predict(unit, routed=False)[0].numpy()
+    expected = 0.1 * (16 + int(model.offsets.diff().max())) / K * N_ROWS  # check_share
+    assert 0.6 * expected < check["rows"] < 1.4 * expected
+    assert check["rate"] == check["differs"] / check["rows"]
+    assert abs(check["rate"] - differs.mean()) < 4 * np.sqrt(rate * (1 - rate) / check["rows"])
+
+    probed = assign.main(
+        AssignJob(model=trained["model"], data=str(data_dir), out=str(tmp_path / "a"),
+                  run_id="probed", workers=2, batch_size=4096, n_probe=16)
+    )  # fmt: skip
+    assert probed["routing_check"]["n_probe"] == 16 and probed["routing_check"]["differs"] == 0
+    table = reader.read_committed(probed["run"])
+    order = np.argsort(table["id"].to_numpy())
+    exact = model.predict(unit, routed=False)[0].numpy()  # every group probed: exact
+    np.testing.assert_array_equal(table["cluster"].to_numpy()[order], exact)
     assert manifest["columns"] == ["id", "cluster", "coarse_cluster", "distance", "runner_up",
                                    "margin"]  # fmt: skip
 

@@ -119,6 +119,67 @@ def test_predict_explain_and_disagreement_match_a_brute_force_reference():
     )
 
 
+def _brute_force_probed(model: TwoLevelModel, z: np.ndarray, n_probe: int):
+    """Routed labels and runner-ups over the groups of the ``n_probe`` best coarse centers."""
+    coarse, fine = model.coarse_centers.numpy(), model.fine_centers.numpy()
+    bounds = model.offsets.tolist()
+    labels, runner = [], []
+    for row in z.astype(np.float64):
+        probed = np.argsort(-(coarse @ row), kind="stable")[:n_probe]
+        union = np.concatenate([np.arange(bounds[c], bounds[c + 1]) for c in probed])
+        ranked = union[np.argsort(-(fine[union] @ row), kind="stable")]
+        labels.append(int(ranked[0]))
+        runner.append(int(ranked[1]) if ranked.size > 1 else -1)
+    return np.array(labels), np.array(runner)
+
+
+@pytest.mark.parametrize("n_probe", [2, 3])
+def test_probing_more_groups_matches_a_brute_force_reference(n_probe):
+    model = _hand_model(seed=2)
+    z = _unit(np.random.default_rng(3).standard_normal((400, 6)))
+    labels, runner = _brute_force_probed(model, z, n_probe)
+    why = model.explain(z, n_probe=n_probe)
+    assert why.labels.tolist() == labels.tolist()
+    assert why.runner_up.tolist() == runner.tolist()
+    assert torch.equal(why.coarse_labels, model.coarse_of(why.labels))
+    fine = model.fine_centers.numpy()
+    cos = lambda c: np.einsum("nd,nd->n", z, fine[c])  # noqa: E731
+    np.testing.assert_allclose(why.distance.numpy(), 2 - 2 * cos(labels), atol=1e-5)
+    np.testing.assert_allclose(why.margin.numpy(), 2 * cos(labels) - 2 * cos(runner), atol=1e-5)
+    assert model.predict(z, n_probe=n_probe)[0].tolist() == labels.tolist()
+
+
+def test_disagreement_falls_with_the_probes_to_zero_when_every_group_is_probed():
+    data = make_spherical_blobs(4000, 8, 128, seed=1)
+    model = fit_two_level(data.X, 128, seed=0, max_iter=3)
+    rates = [model.disagreement(data.X, n_probe=p) for p in range(1, model.n_coarse + 1)]
+    assert rates[0] > 0 and rates[-1] == 0.0
+    assert rates == sorted(rates, reverse=True)  # a superset of groups each time
+    exact = model.predict(data.X, routed=False)
+    routed = model.predict(data.X, n_probe=model.n_coarse)
+    assert torch.equal(routed[0], exact[0]) and torch.equal(routed[1], exact[1])
+    with pytest.raises(TellConfigError, match=r"n_probe must be an int in \[1, n_coarse=11\]"):
+        model.predict(data.X, n_probe=12)
+
+
+def test_the_routing_check_searches_only_the_checked_rows_exactly():
+    model = _hand_model()
+    z = torch.from_numpy(_unit(np.random.default_rng(4).standard_normal((300, 6))))
+    routed, _ = model.predict(z)
+    exact, _ = model.predict(z, routed=False)
+    checked = torch.arange(300) % 3 == 0
+    got = model.routing_check(z, routed, checked)
+    assert got.dtype == torch.int8 and bool((got[~checked] == -1).all())
+    assert got[checked].tolist() == (exact != routed)[checked].to(torch.int8).tolist()
+    assert 0 < int(got[checked].sum()) < int(checked.sum())
+    assert model.check_share() == pytest.approx(min(1.0, 0.1 * (3 + 4) / 8))
+    big = TwoLevelModel(
+        torch.zeros(1024, 4), torch.zeros(1 << 20, 4), torch.arange(0, (1 << 20) + 1, 1024)
+    )
+    assert big.check_share() == pytest.approx(0.1 * 2048 / 2**20)  # 2e-4 of the rows
+    assert big.check_share(n_probe=3) == pytest.approx(0.1 * (1024 + 3 * 1024) / 2**20)
+
+
 def _brute_force_shares(counts, k, caps):
     """Every feasible allocation; the one nearest (L2) the proportional quotas."""
     quota = k * np.asarray(counts) / sum(counts)

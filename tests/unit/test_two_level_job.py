@@ -14,8 +14,8 @@ from jobs.model import load_assignable, load_model, model_id, publish_two_level,
 from jobs.train import two_level as job
 from tell.config import TrainConfig
 from tell.datasets import make_spherical_blobs
-from tell.errors import TellCheckpointError, TellDataError
-from tell.io import embeddings_to_table
+from tell.errors import TellCheckpointError, TellConfigError, TellDataError
+from tell.io import embeddings_to_table, write_parquet_files
 from tell.two_level import TwoLevelModel, fit_two_level
 
 GIB = 2**30
@@ -84,7 +84,7 @@ def test_predictor_writes_both_levels_and_an_inf_margin_for_a_lone_center(publis
     table = embeddings_to_table(scaled, ids=np.arange(len(X)))
     out = Assigner(uri, "embedding", 8, ("id",))(table)
     assert out.column_names == ["id", "cluster", "coarse_cluster", "distance", "runner_up",
-                                "margin", "reason"]  # fmt: skip
+                                "margin", "_routing_check", "reason"]  # fmt: skip
     assert [out.schema.field(c).type for c in ("cluster", "coarse_cluster", "runner_up")] == [
         pa.int32()
     ] * 3
@@ -102,12 +102,27 @@ def test_predictor_writes_both_levels_and_an_inf_margin_for_a_lone_center(publis
     runner_up = out["runner_up"].to_numpy(zero_copy_only=False)[ok]
     assert all(math.isinf(m) for m in margin[alone]) and (runner_up[alone] == -1).all()
     assert (margin[~alone] >= 0).all() and (runner_up[~alone] >= 1).all()
+    check = out["_routing_check"].to_numpy(zero_copy_only=False)[ok]  # for the sink only
+    checked = check >= 0  # a random share of the rows: 0.1 x (2 + 5) / 6 here
+    assert 20 < checked.sum() < 150 and set(check[~checked]) == {-1}
+    exact = model.predict(torch.from_numpy(X[ok]), routed=False)[0].numpy()
+    differs = (exact != expected.labels.numpy()).astype(np.int8)
+    np.testing.assert_array_equal(check[checked], differs[checked])
+
+
+def test_the_predictor_probes_the_groups_it_is_given(published):
+    uri, model, X = published
+    table = embeddings_to_table(X, ids=np.arange(len(X)))
+    out = Assigner(uri, "embedding", 8, ("id",), n_probe=2)(table)
+    exact = model.predict(torch.from_numpy(X), routed=False)[0].numpy()
+    np.testing.assert_array_equal(out["cluster"].to_numpy(), exact)  # 2 of 2 groups: exact
+    check = out["_routing_check"].to_numpy()
+    assert set(check) == {-1, 0} and (check == 0).sum() > 40  # 0.2 of 600 rows checked
 
 
 def test_assign_plan_checks_the_width_of_a_two_level_model(published, tmp_path):
     from jobs.assign import driver as assign
     from jobs.config import AssignJob
-    from tell.io import write_parquet_files
 
     uri, _, X = published
     for name, width in (("good", 8), ("narrow", 6)):
@@ -116,6 +131,28 @@ def test_assign_plan_checks_the_width_of_a_two_level_model(published, tmp_path):
     job = AssignJob(model=uri, data=str(tmp_path / "good"), out=str(tmp_path / "out"))
     p = assign.plan(job)
     assert p.n_clusters == 6 and p.columns[:2] == ("cluster", "coarse_cluster")
+    assert p.n_probe == 1  # the default, within the model's 2 coarse centers
     narrow = AssignJob(model=uri, data=str(tmp_path / "narrow"), out=str(tmp_path / "out"))
     with pytest.raises(TellDataError, match=rf"has 6 values per row, but model {uri} expects 8"):
         assign.plan(narrow)
+
+
+def test_n_probe_is_bounded_by_the_coarse_centers_and_refused_for_one_level(published, tmp_path):
+    from jobs.assign import driver as assign
+    from jobs.config import AssignJob
+    from tell import checkpoint
+    from tell.encoders import EncoderSpec
+    from tell.model import TELLNet
+
+    uri, _, X = published
+    data = str(tmp_path / "data")
+    write_parquet_files(embeddings_to_table(X, ids=np.arange(len(X))), data, n_files=1)
+    job = AssignJob(model=uri, data=data, out=str(tmp_path / "out"), n_probe=2)
+    assert assign.plan(job).n_probe == 2
+    with pytest.raises(TellConfigError, match=r"at most the model's 2 coarse centers\. Got 3"):
+        assign.plan(AssignJob(model=uri, data=data, out=str(tmp_path / "out"), n_probe=3))
+    one = str(tmp_path / "one")
+    checkpoint.save(TELLNet(EncoderSpec("identity", 8), 6), one, {"epoch": 1})
+    with pytest.raises(TellConfigError, match=r"applies to two-level models .* Drop n_probe"):
+        assign.plan(AssignJob(model=one, data=data, out=str(tmp_path / "out"), n_probe=2))
+    assert assign.plan(AssignJob(model=one, data=data, out=str(tmp_path / "out"))).n_probe is None
