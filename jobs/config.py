@@ -287,6 +287,7 @@ class ExplainJob:
     label_column : optional ground-truth column for per-cluster metrics.
     text_column : optional text column shown for the nearest rows of each center.
     sample_rows : rows drawn for the plots.
+    n_probe : a two-level model's coarse groups searched per row, as in ``tell assign``.
     """
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
@@ -298,9 +299,12 @@ class ExplainJob:
     label_column: str | None = None
     text_column: str | None = None
     sample_rows: int = 5000
+    n_probe: int | None = None
 
     def __post_init__(self) -> None:
         _require_all(self)
+        if self.n_probe is not None:
+            check_range("n_probe", self.n_probe, low=1)
         _not_empty("column", self.column)
         for key in ("label_column", "text_column"):
             if getattr(self, key) is not None:

@@ -20,10 +20,10 @@ from typing import Any
 
 from jobs import storage
 from tell import checkpoint
-from tell.errors import TellCheckpointError, TellCollapseError, TellDataError
+from tell.errors import TellCheckpointError, TellCollapseError, TellConfigError, TellDataError
 from tell.model import TELLNet
+from tell.two_level import DEFAULT_N_PROBE, TwoLevelModel
 from tell.two_level import MODEL_KIND as TWO_LEVEL
-from tell.two_level import TwoLevelModel
 
 MODEL_DIR = "model"
 AnyModel = TELLNet | TwoLevelModel
@@ -107,15 +107,15 @@ def is_two_level(metadata: dict[str, Any]) -> bool:
 
 def load_model(uri: str) -> tuple[TELLNet, dict[str, Any]]:
     """Read and validate a TELL model directory (never unpickles); a two-level model is
-    refused with one line (only ``tell assign`` reads it: :func:`load_assignable`).
+    refused with one line (:func:`load_assignable` reads either kind).
 
     Returns (model in eval mode, metadata).
     """
     weights, metadata = _read(uri)
     if is_two_level(checkpoint.parse_metadata(metadata, uri)):
         raise TellCheckpointError(
-            f"{uri} is a two-level model (tell train --levels 2); only tell assign reads it "
-            "so far. Pass a one-level model here."
+            f"{uri} is a two-level model (tell train --levels 2), not a TELL model; read "
+            "it with jobs.model.load_assignable."
         )
     model, meta = checkpoint.restore(weights, metadata, source=uri)
     return model.eval(), meta
@@ -151,6 +151,36 @@ def routing(metadata: dict[str, Any]) -> dict[str, Any]:
         "n_coarse": metadata.get("n_coarse"),
         "disagreement": metadata.get("disagreement"),
     }
+
+
+def routed_probes(model: AnyModel, n_probe: int | None, uri: str) -> int | None:
+    """The coarse groups a two-level model searches per row: ``n_probe``, else
+    ``DEFAULT_N_PROBE`` (at most the model's coarse centers); None for a one-level model
+    (``uri``), which has no coarse level to set it for."""
+    if not isinstance(model, TwoLevelModel):
+        if n_probe is not None:
+            raise TellConfigError(
+                f"The 'n_probe' applies to two-level models (tell train --levels 2); "
+                f"{uri} has one level. Drop n_probe."
+            )
+        return None
+    if n_probe is None:
+        return min(DEFAULT_N_PROBE, model.n_coarse)
+    if n_probe > model.n_coarse:
+        raise TellConfigError(
+            f"The 'n_probe' must be at most the model's {model.n_coarse} coarse centers. "
+            f"Got {n_probe}."
+        )
+    return n_probe
+
+
+def routing_check(n_probe: int, rows: int, differs: int) -> dict[str, Any]:
+    """What a manifest, a summary or a report records of a two-level model's routing check
+    (:meth:`TwoLevelModel.routing_check`): the groups searched, the rows also searched
+    exactly, how many of those the routing missed and that rate (None when no row was
+    checked)."""
+    return {"n_probe": n_probe, "rows": rows, "differs": differs,
+            "rate": differs / rows if rows else None}  # fmt: skip
 
 
 def _read(uri: str) -> tuple[bytes, bytes]:

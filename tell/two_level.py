@@ -58,6 +58,8 @@ COARSE_ROWS_PER_CENTER = 1024  # the coarse fit's sample: faiss's two-level clus
 UNIT_TOLERANCE = 1e-3  # |norm - 1| accepted for a "unit" row (float32 data normalised elsewhere)
 _CHECK_CHUNK_ROWS = 1 << 20  # rows per chunk of the unit-norm check
 _PROBE_SCORES = 1 << 20  # row x coarse-center scores per chunk of the n_probe search (4 MiB)
+DISAGREEMENT_MAX_ROWS = 20_000  # rows of a disagreement sample, at most ...
+DISAGREEMENT_SCORES = 1 << 32  # ... and at most this many row x center scores (exact search)
 DEFAULT_N_PROBE = 1  # coarse groups an assignment searches per row: see docs/DEFAULTS.md
 EXACT_CHECK_COST = 0.1  # an assignment run's exact check of its routing costs at most this
 # share of the routed search: enough rows to measure the disagreement within a point at a
@@ -127,6 +129,14 @@ def allocate_shares(
         shares[open_groups] += 1
         left -= open_groups.size
     return shares
+
+
+def disagreement_rows(n_rows: int, k: int) -> int:
+    """Rows of a sample to measure the routed-vs-exact disagreement on: at most
+    DISAGREEMENT_MAX_ROWS, at most DISAGREEMENT_SCORES / k (the exact answer scores every
+    center), at least 1000, at most ``n_rows``. k = 1,048,576 gives 4,096 rows (standard
+    error <= 0.8 points)."""
+    return min(n_rows, max(1000, min(DISAGREEMENT_MAX_ROWS, DISAGREEMENT_SCORES // k)))
 
 
 # --------------------------------------------------------------------------- fitting

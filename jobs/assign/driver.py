@@ -43,10 +43,11 @@ from jobs.model import (
     load_assignable,
     model_id,
     model_shape,
+    routed_probes,
     routing,
+    routing_check,
 )
 from tell.errors import TellConfigError, TellStorageError
-from tell.two_level import DEFAULT_N_PROBE, TwoLevelModel
 
 logger = logging.getLogger("tell.assign")
 
@@ -88,7 +89,7 @@ def plan(job: AssignJob) -> Plan:
         )
     model, meta = load_assignable(job.model)
     width, k = model_shape(model)
-    n_probe = probes(job, model)
+    n_probe = routed_probes(model, job.n_probe, job.model)
     columns = result_columns(is_two_level(meta))
     out = storage.resolve(job.out)
     storage.check_access(out, write=True)
@@ -113,27 +114,6 @@ def plan(job: AssignJob) -> Plan:
     data.require_width(width, job.model)
     units = list(data.partitions().items()) if job.incremental else [("", data)]
     return Plan(run_id, run, meta, k, columns, units, skipped, n_probe)
-
-
-def probes(job: AssignJob, model: Any) -> int | None:
-    """The coarse groups a two-level model searches per row: ``job.n_probe``, else
-    ``DEFAULT_N_PROBE`` (at most the model's coarse centers); None for a one-level model,
-    which has no coarse level to set it for."""
-    if not isinstance(model, TwoLevelModel):
-        if job.n_probe is not None:
-            raise TellConfigError(
-                f"The 'n_probe' applies to two-level models (tell train --levels 2); "
-                f"{job.model} has one level. Drop n_probe."
-            )
-        return None
-    if job.n_probe is None:
-        return min(DEFAULT_N_PROBE, model.n_coarse)
-    if job.n_probe > model.n_coarse:
-        raise TellConfigError(
-            f"The 'n_probe' must be at most the model's {model.n_coarse} coarse centers. "
-            f"Got {job.n_probe}."
-        )
-    return job.n_probe
 
 
 def _check_table_format(job: AssignJob, run: storage.Location, manifests: list) -> None:
@@ -202,8 +182,9 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
         committed = [_run_unit(job, p, unit, info, on_event, beat) for unit, info in p.units]
     totals = {key: sum(m["rows"][key] for m in committed) for key in ("assigned", "rejected")}
     if p.n_probe is not None:
+        checks = [m["routing_check"] for m in committed]
         summary["routing_check"] = routing_check(
-            p.n_probe, *(sum(m["routing_check"][key] for m in committed) for key in CHECKED)
+            p.n_probe, sum(c["rows"] for c in checks), sum(c["differs"] for c in checks)
         )
     rows = sum(m["rows"]["input"] for m in committed)
     wall_s = time.perf_counter() - started
@@ -218,17 +199,6 @@ def main(job: AssignJob, *, on_event: Hook | None = None) -> dict[str, Any]:
     if job.incremental:
         summary["partitions_assigned"] = [u for u, _ in p.units]
     return summary
-
-
-CHECKED = ("rows", "differs")  # keys of a routing check's counts
-
-
-def routing_check(n_probe: int, rows: int, differs: int) -> dict[str, Any]:
-    """What a manifest and the summary record of a two-level run's routing check: the
-    groups searched, the rows also searched exactly, how many of those the routing missed
-    and that rate (None when no row was checked)."""
-    return {"n_probe": n_probe, "rows": rows, "differs": differs,
-            "rate": differs / rows if rows else None}  # fmt: skip
 
 
 def _object_store_budget(job: AssignJob, info: InputSet) -> int:

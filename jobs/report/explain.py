@@ -10,27 +10,80 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from jobs import progress, storage
 from jobs.config import ExplainJob
 from jobs.input.inspect import InputSet, open_input
 from jobs.input.sample import Sample, read_sample
-from jobs.model import load_model
-from jobs.report.page import build_report
+from jobs.model import AnyModel, load_assignable, model_shape, routed_probes, routing_check
+from jobs.report.page import CoarseLevel, build_report
 from tell.assign import assign
 from tell.errors import TellDataError
 from tell.metrics import clustering_scores
 from tell.model import TELLNet
+from tell.two_level import TwoLevelModel, disagreement_rows
 
 logger = logging.getLogger("tell.explain")
 
+Shape = tuple[int, int, int] | None  # (H, W, C) of image inputs
 NEAREST_PER_CLUSTER = 5
 ID_COLUMN = "id"
 SEED = 0
+
+
+class Explained(NamedTuple):
+    """The sample as the report needs it: unit features z (n, d_z), the assignment of each
+    row (labels (n,) int64, distance and margin (n,) float32), the centers (k, d_z), their
+    images (k, H, W, C) or None, and a two-level model's coarse level (or None)."""
+
+    z: np.ndarray
+    labels: np.ndarray
+    distance: np.ndarray
+    margin: np.ndarray
+    centers: np.ndarray
+    prototypes: np.ndarray | None
+    coarse: CoarseLevel | None
+
+
+def explain_one_level(model: TELLNet, x: np.ndarray, image_shape: Shape) -> Explained:
+    """Encode the sample x (n, D) and assign it to the model's centers."""
+    z = encode(model, x)
+    centers = model.cluster.centers
+    r = assign(torch.from_numpy(z), centers)
+    return Explained(z, r.labels.numpy(), r.distance.numpy(), r.margin.numpy(),
+                     centers.numpy(), prototypes(model, image_shape), None)  # fmt: skip
+
+
+def explain_two_level(
+    model: TwoLevelModel, x: np.ndarray, image_shape: Shape, n_probe: int, seed: int = SEED
+) -> Explained:
+    """Normalise the sample x (n, d) (as ``tell assign`` does), route it through the
+    ``n_probe`` nearest coarse groups, and search a bounded share of it exactly
+    (:func:`tell.two_level.disagreement_rows`) to count how often routing misses."""
+    z = F.normalize(torch.from_numpy(x), dim=1)
+    r = model.explain(z, n_probe=n_probe)
+    n = len(z)
+    checked = torch.zeros(n, dtype=torch.bool)
+    picked = np.random.default_rng(seed).choice(
+        n, disagreement_rows(n, model.n_clusters), replace=False
+    )
+    checked[torch.from_numpy(picked)] = True
+    check = model.routing_check(z, r.labels, checked)
+    coarse = CoarseLevel(
+        labels=r.coarse_labels.numpy(),
+        shares=model.offsets.diff().numpy(),
+        n_probe=n_probe,
+        check_rows=int(checked.sum()),
+        differs=int((check == 1).sum()),
+    )
+    images = None if image_shape is None else center_images(model.fine_centers, image_shape)
+    return Explained(z.numpy(), r.labels.numpy(), r.distance.numpy(), r.margin.numpy(),
+                     model.fine_centers.numpy(), images, coarse)  # fmt: skip
 
 
 def encode(model: TELLNet, x: np.ndarray) -> np.ndarray:
@@ -50,16 +103,23 @@ def prototypes(model: TELLNet, image_shape: tuple[int, int, int] | None) -> np.n
     centers = model.cluster.centers  # (k, d_z)
     if model.decoder is not None:
         images = model.decoder(centers).clamp(0.0, 1.0)
-    elif model.spec.kind == "identity":
-        images = centers.clamp_min(0.0) / centers.amax(dim=1, keepdim=True).clamp_min(1e-12)
-    else:
-        return None
+        return images.reshape(len(centers), *image_shape).numpy()
+    if model.spec.kind == "identity":
+        return center_images(centers, image_shape)
+    return None
+
+
+def center_images(centers: torch.Tensor, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """Centers that live in pixel space (k, H*W*C) as images (k, H, W, C) in [0, 1]: each
+    divided by its largest value (unit centers are far darker than the images)."""
+    images = centers.clamp_min(0.0) / centers.amax(dim=1, keepdim=True).clamp_min(1e-12)
     return images.reshape(len(centers), *image_shape).numpy()
 
 
-def _image_shape(model: TELLNet, info: InputSet) -> tuple[int, int, int] | None:
-    shape = model.spec.image_shape or info.image_shape
-    if shape is not None and int(np.prod(shape)) == model.spec.input_dim:
+def _image_shape(model: AnyModel, info: InputSet) -> Shape:
+    own = None if isinstance(model, TwoLevelModel) else model.spec.image_shape
+    shape = own or info.image_shape
+    if shape is not None and int(np.prod(shape)) == model_shape(model)[0]:
         return tuple(int(s) for s in shape)
     return None
 
@@ -136,9 +196,10 @@ def main(job: ExplainJob) -> dict[str, Any]:
     Returns a summary: the report's path, rows sampled and dropped, clusters used, and
     ACC/NMI/ARI on the sample when a label column was given.
     """
-    model, meta = load_model(job.model)
+    model, meta = load_assignable(job.model)
+    n_probe = routed_probes(model, job.n_probe, job.model)
     info = open_input(job.data, job.column)
-    info.require_width(model.spec.input_dim, job.model)
+    info.require_width(model_shape(model)[0], job.model)
     sample = read_sample(info, _check_columns(job, info), job.sample_rows, SEED)
     y_true = None
     if job.label_column:
@@ -148,22 +209,22 @@ def main(job: ExplainJob) -> dict[str, Any]:
                 f"Label column {job.label_column!r} of {job.data} has null values in the sample; "
                 "fill them or leave --label-column out."
             )
-    z = encode(model, sample.x)
-    centers = model.cluster.centers
-    result = assign(torch.from_numpy(z), centers)
-    labels, distance = result.labels.numpy(), result.distance.numpy()
-    k = len(centers)
-    sizes = np.bincount(labels, minlength=k)
     image_shape = _image_shape(model, info)
+    if isinstance(model, TwoLevelModel):
+        e = explain_two_level(model, sample.x, image_shape, n_probe or 1)
+    else:
+        e = explain_one_level(model, sample.x, image_shape)
+    labels, distance, k = e.labels, e.distance, len(e.centers)
+    sizes = np.bincount(labels, minlength=k)
     logger.info("explaining %d sampled rows of %s with %d clusters", len(labels), job.data, k)
     html = build_report(
-        z_sample=z,
+        z_sample=e.z,
         labels=labels,
         distance=distance,
-        margin=result.margin.numpy(),
-        centers=centers.numpy(),
+        margin=e.margin,
+        centers=e.centers,
         cluster_sizes=sizes,
-        prototypes=prototypes(model, image_shape),
+        prototypes=e.prototypes,
         nearest_rows=_nearest_rows(labels, distance, sample, k, job.text_column, image_shape),
         y_true=y_true,
         title=f"TELL report: {meta.get('run_name', 'model')} on {job.data}",
@@ -175,6 +236,7 @@ def main(job: ExplainJob) -> dict[str, Any]:
             "dropped_rows": sample.dropped,
             **meta,
         },
+        coarse=e.coarse,
     )
     path = _write(job.out, html)
     summary: dict[str, Any] = {
@@ -184,6 +246,10 @@ def main(job: ExplainJob) -> dict[str, Any]:
         "n_clusters": k,
         "clusters_used": int((sizes > 0).sum()),
     }
+    if e.coarse is not None:
+        c = e.coarse
+        summary.update(levels=2, n_coarse=len(c.shares), routing_check=routing_check(
+            c.n_probe, c.check_rows, c.differs))  # fmt: skip
     if y_true is not None:
         summary["sample_scores"] = clustering_scores(y_true, labels)
     progress.line(f"report written to {path}")

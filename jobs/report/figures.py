@@ -15,6 +15,7 @@ _DPI = 100
 _INK = "#1f2937"
 _ACCENT = "#2563eb"
 _MAX_LABELLED_CLUSTERS = 40
+_MAX_PLOTTED_CENTERS = 5000  # above this many centers the projection draws only the used ones
 
 
 def _png(fig: Figure, tight: bool = False) -> bytes:
@@ -89,6 +90,8 @@ def pca_2d(z: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 def projection_png(z: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> bytes:
     """Scatter of the sample z (n, d) colored by cluster, with the k centers marked."""
     k = len(centers)
+    if k > _MAX_PLOTTED_CENTERS:  # the centers that hold sample rows: the others are no help
+        centers = centers[np.unique(labels)]
     z2, c2, ratio = pca_2d(z, centers)
     fig = Figure(figsize=(7.5, 6))
     fig.subplots_adjust(left=0.1, right=0.98, top=0.98, bottom=0.09)
@@ -105,7 +108,7 @@ def projection_png(z: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> by
         label="centers",
         zorder=3,
     )
-    if k <= _MAX_LABELLED_CLUSTERS:
+    if k <= _MAX_LABELLED_CLUSTERS:  # then every center is drawn, in order
         for j, (x, y) in enumerate(c2):
             ax.annotate(str(j), (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
     ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
@@ -124,6 +127,10 @@ def distributions_png(distance: np.ndarray, margin: np.ndarray) -> bytes:
         ((distance, "distance to own center", _ACCENT), (margin, "margin to runner-up", "#059669"))
     ):
         ax = fig.add_subplot(1, 2, i + 1)
+        if values.size == 0:  # no row has a runner-up (two-level groups of one center)
+            ax.set_xlabel(f"{name}: none in the sample")
+            _style(ax)
+            continue
         counts, edges = np.histogram(values, bins=50)
         ax.stairs(counts, edges, fill=True, color=color, alpha=0.85)
         ax.axvline(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
@@ -103,7 +104,11 @@ def _per_cluster(labels, distance, margin, sizes, y_true) -> tuple[str, dict[str
     k, n = len(sizes), len(labels)
     counts = np.bincount(labels, minlength=k)
     mean_d = np.bincount(labels, weights=distance, minlength=k) / np.maximum(counts, 1)
-    mean_m = np.bincount(labels, weights=margin, minlength=k) / np.maximum(counts, 1)
+    finite = np.isfinite(margin)  # +inf: no runner-up (a two-level group of one center)
+    with_runner_up = np.bincount(labels[finite], minlength=k)
+    mean_m = np.bincount(labels[finite], weights=margin[finite], minlength=k) / np.maximum(
+        with_runner_up, 1
+    )
     header = ["cluster", "rows", "share", "mean distance", "mean margin"]
     scores = table_png = None
     if y_true is not None:
@@ -125,7 +130,7 @@ def _per_cluster(labels, distance, margin, sizes, y_true) -> tuple[str, dict[str
             int(counts[j]),
             f"{counts[j] / max(n, 1):.1%}",
             f"{mean_d[j]:.4f}",
-            f"{mean_m[j]:.4f}",
+            f"{mean_m[j]:.4f}" if with_runner_up[j] else "–",
         ]
         if y_true is not None:
             row += [names[majority[j]] if counts[j] else "–", f"{purity[j]:.1%}"]
@@ -134,6 +139,48 @@ def _per_cluster(labels, distance, margin, sizes, y_true) -> tuple[str, dict[str
     if table_png is not None:
         body += img(table_png, "contingency of clusters and labels")
     return body, scores
+
+
+@dataclass(frozen=True)
+class CoarseLevel:
+    """What the report shows of a two-level model's coarse level (``tell.two_level``).
+
+    labels : array of shape (n,), int, the coarse group of each sample row's fine center.
+    shares : array of shape (k1,), int, fine centers per coarse group (sum k).
+    n_probe : int, coarse groups searched per row.
+    check_rows : int, sample rows also searched exactly (all k fine centers).
+    differs : int, of those, rows whose routed fine center is not the exact nearest one.
+    """
+
+    labels: np.ndarray
+    shares: np.ndarray
+    n_probe: int
+    check_rows: int
+    differs: int
+
+
+def _coarse_section(coarse: CoarseLevel, fine_labels: np.ndarray) -> str:
+    k1, n = len(coarse.shares), len(coarse.labels)
+    counts = np.bincount(coarse.labels, minlength=k1)
+    used = np.bincount(coarse.labels[np.unique(fine_labels, return_index=True)[1]], minlength=k1)
+    rate = coarse.differs / max(coarse.check_rows, 1)
+    note = (
+        f'<p class="note">{k1:,} coarse centers split the {int(coarse.shares.sum()):,} fine '
+        f"centers into groups; each row is assigned within the groups of its {coarse.n_probe} "
+        f"nearest coarse center(s). On {coarse.check_rows:,} sample rows searched exactly as "
+        f"well, the routed center is not the nearest of all fine centers for {coarse.differs:,}"
+        f" ({rate:.2%}).</p>"
+    )
+    rows = [
+        [c, int(counts[c]), f"{counts[c] / max(n, 1):.1%}", int(coarse.shares[c]), int(used[c])]
+        for c in _shown_clusters(counts, MAX_TILES)
+    ]
+    header = ["coarse", "rows", "share", "fine centers", "fine centers used"]
+    return (
+        note
+        + img(figs.sizes_png(counts), "coarse group sizes")
+        + table(header, rows, {0, 1, 2, 3, 4})
+    )
 
 
 def build_report(
@@ -150,6 +197,7 @@ def build_report(
     title: str = "TELL clustering report",
     metadata: dict[str, Any] | None = None,
     history: Sequence[dict[str, Any]] | None = None,
+    coarse: CoarseLevel | None = None,
 ) -> str:
     """Render the explain report as one self-contained HTML page.
 
@@ -158,7 +206,8 @@ def build_report(
     z_sample : array of shape (n, d), float, unit L2 norm per row: features of the sample.
     labels : array of shape (n,), int, the assigned cluster of each sample row, in [0, k).
     distance : array of shape (n,), float, squared distance to the assigned center, in [0, 4].
-    margin : array of shape (n,), float, runner-up distance minus distance (>= 0).
+    margin : array of shape (n,), float, runner-up distance minus distance (>= 0; +inf
+        for a row with no runner-up, left out of the margin statistics).
     centers : array of shape (k, d), float, unit centers.
     cluster_sizes : array of shape (k,), int, rows per cluster (of the sample or of all data).
     prototypes : array of shape (k, H, W, C) in [0, 1], the decoded centers, or None.
@@ -169,6 +218,7 @@ def build_report(
     metadata : model metadata shown in a table (values may be nested JSON-like data).
     history : the model's per-epoch training summaries (``metadata["history"]``), plotted as
         training curves; None or empty: no such section.
+    coarse : a two-level model's coarse level (:class:`CoarseLevel`), or None.
 
     Returns
     -------
@@ -186,13 +236,17 @@ def build_report(
     if labels.min() < 0 or labels.max() >= k:
         raise TellDataError(f"build_report: 'labels' must be in [0, {k}).")
     cluster_body, scores = _per_cluster(labels, distance, margin, sizes, y_true)
+    finite_margin = margin[np.isfinite(margin)]
     cards = [
         ("sample rows", f"{n:,}"),
         ("clusters", f"{k:,}"),
         ("clusters used", f"{int((sizes > 0).sum()):,}"),
         ("median distance", f"{np.median(distance):.3f}"),
-        ("median margin", f"{np.median(margin):.3f}"),
+        ("median margin", f"{np.median(finite_margin):.3f}" if finite_margin.size else "–"),
     ]
+    if coarse is not None:
+        _check(n, coarse_labels=coarse.labels)
+        cards.insert(2, ("coarse centers", f"{len(coarse.shares):,}"))
     if scores is not None:
         cards += [(name.upper(), f"{value:.3f}") for name, value in scores.items()]
     sections = [
@@ -211,7 +265,9 @@ def build_report(
             "distributions",
             "Distance and margin",
             '<p class="note">Small margins mark rows that sit between two clusters.</p>'
-            + img(figs.distributions_png(distance, margin), "distance and margin histograms"),
+            + img(
+                figs.distributions_png(distance, finite_margin), "distance and margin histograms"
+            ),
         ),
         (
             "clusters",
@@ -227,6 +283,8 @@ def build_report(
         ),
         ("model", "Model", metadata_table(metadata or {})),
     ]
+    if coarse is not None:
+        sections.insert(1, ("coarse", "Coarse level", _coarse_section(coarse, labels)))
     if history:
         curves = img(figs.history_png(list(history)), "training curves by epoch")
         note = (

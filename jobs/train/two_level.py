@@ -6,7 +6,7 @@ rows in the object store), gathers them into one (n, d) array, normalises them a
 every coarse group's fine fit is a Ray task (:class:`RayMap`: ``workers`` at once, each
 asking for ``cpus_per_worker`` CPUs, so fractional clusters run them; results in group
 order). The routed-vs-exact disagreement (routing as ``tell assign`` does by default) is
-measured on a bounded uniform sample of the rows (:func:`disagreement_rows`), and the
+measured on a bounded uniform sample of the rows (:func:`tell.two_level.disagreement_rows`), and the
 model is published as ``<out>/<name>/model`` (:func:`jobs.model.publish_two_level`).
 
 Every row is held by the driver, so the input must fit: its features may take at most
@@ -34,13 +34,11 @@ from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
 from tell.config import TrainConfig
 from tell.errors import TellDataError, TellError
-from tell.two_level import DEFAULT_N_PROBE, FineTask, fit_two_level
+from tell.two_level import DEFAULT_N_PROBE, FineTask, disagreement_rows, fit_two_level
 
 # The driver holds every row (X, and its share of the gathered groups) and the scan keeps
 # them in the object store first: each may give the features at most this share.
 ROWS_SHARE = 0.25
-DISAGREEMENT_MAX_ROWS = 20_000  # rows of the disagreement sample, at most ...
-DISAGREEMENT_SCORES = 1 << 32  # ... and at most this many row x center scores (exact search)
 _TELL_NAMES = {"epochs": "max_iter"}  # TrainConfig key -> TELL parameter, where they differ
 _NOT_TELL = ("k", "seed", "encoder")  # set by fit_two_level itself
 
@@ -69,13 +67,6 @@ def available_memory() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def disagreement_rows(n_rows: int, k: int) -> int:
-    """Rows of the disagreement sample: at most DISAGREEMENT_MAX_ROWS, at most
-    DISAGREEMENT_SCORES / k (the exact answer scores every center), at least 1000, at most
-    ``n_rows``. k = 1,048,576 gives 4,096 rows (standard error <= 0.8 points)."""
-    return min(n_rows, max(1000, min(DISAGREEMENT_MAX_ROWS, DISAGREEMENT_SCORES // k)))
 
 
 def tell_params(cfg: TrainConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from jobs.input.inspect import open_input
 from jobs.model import save_model
 from jobs.report import explain
 from tell.encoders import EncoderSpec
-from tell.errors import TellDataError
+from tell.errors import TellConfigError, TellDataError
 from tell.io import embeddings_to_table
 from tell.model import TELLNet
 
@@ -106,3 +106,50 @@ def test_data_of_another_width_is_refused(tmp_path, model_and_data):
     job = ExplainJob(model=model, data=str(tmp_path / "x.parquet"), out=str(tmp_path / "r"))
     with pytest.raises(TellDataError, match=r"has 2 values per row, but model .* expects 4"):
         explain.main(job)
+
+
+def test_a_two_level_model_is_explained_with_its_coarse_level(tmp_path):
+    """Images in pixel space, 24 fine centers under 3 coarse ones, one a group of one
+    center: the report draws the fine centers as images, shows the coarse level, leaves
+    the rows without a runner-up out of the margin statistics, and counts routing misses."""
+    import dataclasses
+    import json
+    import re
+
+    import torch
+
+    from jobs.model import publish_two_level
+    from tell.datasets import make_spherical_blobs
+    from tell.two_level import TwoLevelModel, fit_two_level
+
+    blobs = make_spherical_blobs(1200, 16, 24, seed=3)
+    X = np.abs(blobs.X)  # pixel-like: non-negative, 4x4 images
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    fitted = fit_two_level(X, 24, n_coarse=3, seed=0, max_iter=3)
+    offsets = torch.tensor([0, 1, 12, 24])  # group 0 holds one fine center
+    model = TwoLevelModel(fitted.coarse_centers, fitted.fine_centers, offsets, fitted.fit_info)
+    uri, _ = publish_two_level(model, str(tmp_path), "two", {"run_name": "two"})
+    data = tmp_path / "data"
+    data.mkdir()
+    table = embeddings_to_table((X * 2.0).reshape(-1, 4, 4, 1), labels=blobs.y)
+    pq.write_table(table, data / "part-0.parquet")  # 2 x unit rows: the report normalises
+    job = ExplainJob(model=uri, data=str(data), out=str(tmp_path / "report"),
+                     label_column="label")  # fmt: skip
+    summary = explain.main(job)
+    assert summary["levels"] == 2 and summary["n_coarse"] == 3 and summary["n_clusters"] == 24
+    check = summary["routing_check"]
+    assert check["n_probe"] == 1 and check["rows"] == 1200  # every row of a small sample
+    assert check["rate"] == pytest.approx(model.disagreement(X))
+    assert 0 < check["differs"] < 1200
+    assert bool(model.explain(X).margin.isinf().any())  # rows routed to the group of one center
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert 'id="coarse"' in html and "3 coarse centers split the 24 fine centers" in html
+    assert "groups of its 1 nearest coarse center(s)" in html
+    median_margin = re.search(r"<b>([^<]*)</b><span>median margin</span>", html).group(1)
+    assert float(median_margin) > 0  # a number: the rows without a runner-up left out
+    assert 'alt="decoded centers"' in html  # the fine centers drawn as 4x4 images
+    assert json.dumps(summary)  # plain JSON for the command's stdout
+    probed = explain.main(dataclasses.replace(job, out=str(tmp_path / "probed"), n_probe=2))
+    assert probed["routing_check"]["rate"] == pytest.approx(model.disagreement(X, n_probe=2))
+    with pytest.raises(TellConfigError, match=r"n_probe' must be at most the model's 3 coarse"):
+        explain.main(dataclasses.replace(job, out=str(tmp_path / "too-many"), n_probe=4))

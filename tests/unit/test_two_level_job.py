@@ -16,7 +16,7 @@ from tell.config import TrainConfig
 from tell.datasets import make_spherical_blobs
 from tell.errors import TellCheckpointError, TellConfigError, TellDataError
 from tell.io import embeddings_to_table, write_parquet_files
-from tell.two_level import TwoLevelModel, fit_two_level
+from tell.two_level import TwoLevelModel, disagreement_rows, fit_two_level
 
 GIB = 2**30
 
@@ -30,10 +30,10 @@ def test_rows_must_fit_a_quarter_of_the_object_store_and_of_the_driver():
 
 
 def test_disagreement_sample_is_bounded_by_rows_and_by_scores():
-    assert job.disagreement_rows(5_000, 256) == 5_000  # every row
-    assert job.disagreement_rows(10**9, 256) == 20_000
-    assert job.disagreement_rows(10**9, 1 << 20) == 4_096  # 2^32 scores
-    assert job.disagreement_rows(10**9, 1 << 30) == 1_000  # the floor
+    assert disagreement_rows(5_000, 256) == 5_000  # every row
+    assert disagreement_rows(10**9, 256) == 20_000
+    assert disagreement_rows(10**9, 1 << 20) == 4_096  # 2^32 scores
+    assert disagreement_rows(10**9, 1 << 30) == 1_000  # the floor
 
 
 def test_tell_params_are_what_fit_two_level_accepts():
@@ -65,7 +65,7 @@ def published(tmp_path):
     return uri, model, X
 
 
-def test_two_level_artifact_is_read_by_assign_only(published):
+def test_two_level_artifact_is_read_by_load_assignable_only(published):
     uri, model, _ = published
     loaded, meta = load_assignable(uri)
     assert isinstance(loaded, TwoLevelModel)
@@ -73,7 +73,7 @@ def test_two_level_artifact_is_read_by_assign_only(published):
     assert model_id(meta) == "r@two_level-k6"
     assert routing(meta) == {"levels": 2, "n_coarse": 2, "disagreement": meta["disagreement"]}
     assert routing({"epoch": 3}) == {"levels": 1}
-    with pytest.raises(TellCheckpointError, match=r"is a two-level model .* only tell assign"):
+    with pytest.raises(TellCheckpointError, match=r"is a two-level model .*read it with jobs.model.load_assignable"):
         load_model(uri)
 
 
