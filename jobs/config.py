@@ -20,11 +20,9 @@ from typing import Any, ClassVar
 
 import yaml
 
+from tell.choices import ENCODERS, INITS, OPTIMIZERS
 from tell.config import TrainConfig, check_choice, check_range, from_mapping
-from tell.encoders import ENCODERS
 from tell.errors import TellConfigError
-from tell.init import INITS
-from tell.optim import OPTIMIZERS
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 

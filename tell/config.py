@@ -11,12 +11,13 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tell.encoders import ENCODERS, EncoderSpec
+from tell.choices import ENCODERS, INITS, OPTIMIZERS
 from tell.errors import TellConfigError
-from tell.init import INITS
-from tell.optim import OPTIMIZERS
+
+if TYPE_CHECKING:
+    from tell.encoders import EncoderSpec
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class TrainConfig:
 
     def encoder_spec(self, input_dim: int) -> EncoderSpec:
         """The encoder/decoder to build for inputs of ``input_dim`` values per row."""
+        from tell.encoders import EncoderSpec  # torch: only once a model is built
+
         return EncoderSpec(
             kind=self.encoder,
             input_dim=input_dim,

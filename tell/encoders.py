@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tell.choices import ENCODERS
 from tell.errors import TellConfigError
-
-ENCODERS = ("identity", "mlp", "conv")
 
 
 @dataclass(frozen=True)

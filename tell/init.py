@@ -35,7 +35,6 @@ from tell.assign import nearest
 
 logger = logging.getLogger(__name__)
 
-INITS = ("k-means++", "random")
 ROWS_PER_CENTER = 64  # seeding sample rows per center (faiss samples up to 256 per center)
 MIN_SAMPLE_ROWS = 10_000  # ... but at least this many rows (small k)
 MAX_SAMPLE_ROWS = 1_000_000  # ... and at most this many (the default cap)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tell.choices import OPTIMIZERS
 from tell.errors import TellConfigError
-
-OPTIMIZERS = ("adam", "adadelta", "sgd")
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer | None:

@@ -21,3 +21,16 @@ def test_importing_tell_alone_is_light():
     code = "import sys, tell, tell.errors; print(sorted(sys.modules.keys() & {'torch', 'sklearn'}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_refused_config_is_answered_without_importing_torch():
+    """Configs validate on torch-free modules (tell.choices): a bad flag costs the CLI a
+    fraction of a second, not torch's import."""
+    code = (
+        "import sys; from jobs import cli\n"
+        "code = cli.main(['train', '--data', 'd', '--out', 'o', '--k', '1'])\n"
+        "print(code, sorted(sys.modules.keys() & {'torch', 'ray'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2 []", out.stderr
+    assert "The 'k' must be in [2, inf]. Got 1." in out.stderr

@@ -73,7 +73,7 @@ def test_two_level_artifact_is_read_by_load_assignable_only(published):
     assert model_id(meta) == "r@two_level-k6"
     assert routing(meta) == {"levels": 2, "n_coarse": 2, "disagreement": meta["disagreement"]}
     assert routing({"epoch": 3}) == {"levels": 1}
-    with pytest.raises(TellCheckpointError, match=r"is a two-level model .*read it with jobs.model.load_assignable"):
+    with pytest.raises(TellCheckpointError, match=r"two-level model .*with jobs.model.load_assign"):
         load_model(uri)
 
 
