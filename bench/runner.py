@@ -20,6 +20,7 @@ BENCHMARKS = {
     "scale_k": "TELL defaults vs faiss and MiniBatchKMeans from k=256 to 16,384 (issue #14).",
     "job_split": "The Ray job's time beside the estimator's at the defaults (issue #14).",
     "two_level": "The two-level model, k=1,048,576 on 10M x 64 rows from Parquet (issue #14).",
+    "two_level_job": "tell train --levels 2 at growing N: the driver's memory (issue #14).",
 }
 EXIT_USAGE = 2
 

@@ -280,6 +280,10 @@ def classify(titles: list[str], is_root: bool) -> str:
         return "driver"
     ray_titles = [t for t in titles if t.startswith("ray::")]
     joined = " ".join(ray_titles)
+    if "run_partition" in joined:  # the two-level job's tasks (a worker may run both)
+        return "partition task"
+    if "split_piece" in joined:
+        return "split task"
     if "RayTrainWorker" in joined:
         return "train worker"
     if "TrainController" in joined:
@@ -421,10 +425,12 @@ def run_job(
     name: str,
     workdir: Path,
     materialize: str = "auto",
+    extra_job: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``jobs.train.driver.main`` in a fresh Python process while sampling its process tree.
 
     cfg : {"epochs", "batch_size", "init_sample_rows"} of the job.
+    extra_job : more :class:`jobs.config.TrainJob` fields (``{"levels": 2}``).
     """
     spec = {
         "job": {
@@ -436,6 +442,7 @@ def run_job(
             "cpus_per_worker": args.cpus_per_worker,
             "max_failures": 0,
             "materialize": materialize,
+            **(extra_job or {}),
         },
         "model": {
             "k": args.k,
@@ -493,7 +500,9 @@ def run_job(
         "steady_state": any(m["epoch"] >= 1 for m in epochs_meta),
         "rows_per_s": _r(rows_per_s),
         "rows_per_s_per_worker": _r(rows_per_s / workers) if rows_per_s else None,
-        "final_metrics": summary["metrics"],
+        "final_metrics": summary.get("metrics"),
+        "fit_info": summary.get("fit_info"),
+        "disagreement": summary.get("disagreement"),
         "model": summary["model"],
         "memory": sampler.report(),
     }

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -225,14 +225,9 @@ def split_rows(X: np.ndarray, coarse_centers: torch.Tensor, n_clusters: int) -> 
     order = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     distinct = np.array(
-        [_distinct_rows(X[order[starts[g] : starts[g + 1]]]) for g in range(counts.size)]
+        [distinct_rows(X[order[starts[g] : starts[g + 1]]]) for g in range(counts.size)]
     )  # (k1,) int64
-    if int(distinct.sum()) < n_clusters:
-        raise TellDataError(
-            f"X has fewer distinct rows than n_clusters={n_clusters} (at most "
-            f"{int(distinct.sum())}); use fewer clusters or remove duplicate rows."
-        )
-    shares = allocate_shares(counts, n_clusters, distinct)
+    shares = share_out(counts, distinct, n_clusters)
     return Split(
         coarse_centers=coarse_centers[torch.from_numpy(np.flatnonzero(kept))],
         order=order,
@@ -244,10 +239,23 @@ def split_rows(X: np.ndarray, coarse_centers: torch.Tensor, n_clusters: int) -> 
     )
 
 
-def _distinct_rows(rows: np.ndarray) -> int:
+def distinct_rows(rows: np.ndarray) -> int:
     """Distinct rows (bitwise) of ``rows`` (m, d): one sort of m byte strings."""
     rows = np.ascontiguousarray(rows)
     return int(np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1])))).size)
+
+
+def share_out(counts: np.ndarray, distinct: np.ndarray, n_clusters: int) -> np.ndarray:
+    """The fine centers of each group (G,) int64, summing to k: :func:`allocate_shares` in
+    proportion to the rows ``counts`` (G,), each share capped by the group's ``distinct``
+    rows (G,) so that every fine center can own a row; TellDataError if the groups have
+    fewer distinct rows than k in all."""
+    if int(np.sum(distinct)) < n_clusters:
+        raise TellDataError(
+            f"X has fewer distinct rows than n_clusters={n_clusters} (at most "
+            f"{int(np.sum(distinct))}); use fewer clusters or remove duplicate rows."
+        )
+    return allocate_shares(counts, n_clusters, distinct)
 
 
 def fine_tasks(
@@ -298,7 +306,7 @@ def fit_two_level(
     """
     X = check_matrix(X)
     _check_unit_rows(X)
-    k1 = _check_params(X.shape[0], n_clusters, n_coarse, tell_params)
+    k1 = check_params(X.shape[0], n_clusters, n_coarse, tell_params)
     sample_rows = min(X.shape[0], coarse_sample_rows or COARSE_ROWS_PER_CENTER * k1)
     if sample_rows < k1:
         raise TellConfigError(
@@ -311,8 +319,6 @@ def fit_two_level(
     split_done = time.perf_counter()
     parts = list(map_fn(fit_fine, fine_tasks(X, split, seed, tell_params)))
     fine_done = time.perf_counter()
-    fine = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
-    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(split.shares)]).astype(np.int64))
     info = {
         "seed": seed,
         "tell_params": tell_params,
@@ -327,7 +333,7 @@ def fit_two_level(
         "split_s": round(split_done - coarse_done, 3),
         "fine_fit_s": round(fine_done - split_done, 3),
     }
-    return TwoLevelModel(split.coarse_centers.contiguous(), fine.contiguous(), offsets, info)
+    return TwoLevelModel.from_groups(split.coarse_centers, parts, info)
 
 
 def fit_coarse(
@@ -345,10 +351,11 @@ def fit_coarse(
     return torch.from_numpy(model.cluster_centers_)
 
 
-def _check_params(
+def check_params(
     n_rows: int, n_clusters: int, n_coarse: int | None, tell_params: dict[str, Any]
 ) -> int:
-    """Validate the parameters of :func:`fit_two_level`; returns k1."""
+    """Validate the parameters of :func:`fit_two_level` for ``n_rows`` rows; returns k1
+    (``n_coarse``, default ``round(sqrt(n_clusters))``)."""
     if not _is_int(n_clusters) or n_clusters < 2:
         raise TellConfigError(
             f"The 'n_clusters' parameter must be an int >= 2. Got {n_clusters!r}."
@@ -445,6 +452,17 @@ class TwoLevelModel:
     fine_centers: torch.Tensor
     offsets: torch.Tensor
     fit_info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_groups(
+        cls, coarse_centers: torch.Tensor, fine: Sequence[np.ndarray], fit_info: dict[str, Any]
+    ) -> TwoLevelModel:
+        """The model of ``coarse_centers`` (k1, d) whose group c holds the fine centers
+        ``fine[c]`` (share_c, d), float32 unit rows, share_c >= 1."""
+        shares = [len(part) for part in fine]
+        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(shares)]).astype(np.int64))
+        centers = torch.from_numpy(np.concatenate(fine).astype(np.float32, copy=False))
+        return cls(coarse_centers.contiguous(), centers.contiguous(), offsets, fit_info)
 
     @property
     def n_clusters(self) -> int:

@@ -252,6 +252,22 @@ def _input_set(
 # ------------------------------------------------------------------ the checks
 
 
+def row_group_runs(row_group_rows: Sequence[int], target: int) -> Iterator[tuple[list[int], int]]:
+    """Consecutive non-empty row groups in runs of about ``target`` rows: (indices, rows)."""
+    groups: list[int] = []
+    rows = 0
+    for index, n in enumerate(row_group_rows):
+        if n == 0:
+            continue
+        groups.append(index)
+        rows += n
+        if rows >= target:
+            yield groups, rows
+            groups, rows = [], 0
+    if groups:
+        yield groups, rows
+
+
 @contextlib.contextmanager
 def parquet_read_errors(loc: storage.Location, path: str) -> Iterator[None]:
     """THE policy for a failed read of input file ``path``: one line, a storage error on S3,

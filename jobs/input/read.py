@@ -25,7 +25,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from jobs import storage
-from jobs.input.inspect import InputSet, open_parquet
+from jobs.input.inspect import InputSet, open_parquet, row_group_runs
 
 # Read tasks reserve no CPU: a task that waits for a CPU that actors hold never runs. The
 # number in flight is capped by the read's concurrency instead (read_dataset).
@@ -64,7 +64,7 @@ class InputDatasource(Datasource):
         target = max(1, math.ceil(self.info.num_rows / max(1, parallelism)))
         tasks = []
         for footer in self.info.footers:
-            for groups, rows in _runs(footer.row_group_rows, target):
+            for groups, rows in row_group_runs(footer.row_group_rows, target):
                 tasks.append(
                     ReadTask(
                         partial(
@@ -86,22 +86,6 @@ class InputDatasource(Datasource):
                     )
                 )
         return tasks
-
-
-def _runs(row_group_rows: Sequence[int], target: int) -> Iterator[tuple[list[int], int]]:
-    """Consecutive non-empty row groups in runs of about ``target`` rows: (indices, rows)."""
-    groups: list[int] = []
-    rows = 0
-    for index, n in enumerate(row_group_rows):
-        if n == 0:
-            continue
-        groups.append(index)
-        rows += n
-        if rows >= target:
-            yield groups, rows
-            groups, rows = [], 0
-    if groups:
-        yield groups, rows
 
 
 def read_row_groups(

@@ -155,6 +155,9 @@ def world(tmp_path_factory):
     Xn[[3, 150], 2] = np.nan
     Xn[200, 0] = np.inf
     paths["nan"] = _write(root / "nan", _table(Xn))
+    Xz = X.copy()
+    Xz[[123, 140]] = 0.0  # 3 files of 100 rows: rows 23 and 40 of the second
+    paths["zero_vector"] = _write(root / "zero_vector", _table(Xz))
     paths["ragged"] = _write(root / "ragged", _table(X, list_type=True, lengths={10: 5, 250: 5}))
     paths["mixed"] = _write(
         root / "mixed", _table(Xn, list_type=True, lengths={10: 5, 251: 9}, nulls={99})
@@ -270,6 +273,9 @@ LOCAL_CASES = [
          r"Column 'embedding' is list<\w+: double> \(variable length\) in \S+/b/\S+ but "
          r"fixed_size_list<element: float>\[8\] \(fixed width\) in \S+/a/\S+; every file "
          r"must store the feature column with the same type"),
+    Case("two-level-zero-vector-rows", _train("{zero_vector}", "--levels", "2"),
+         r"2 rows of \S+/part-00001\.parquet are zero vectors \(first: row 23\), which have "
+         r"no direction to cluster by; remove them for levels: 2\."),
     Case("out-is-a-file", ("train", "--data", "{good}", "--out", "{good}/part-00000.parquet",
                            "--k", "3", "--epochs", "1"),
          r"Output \S+/part-00000\.parquet is a file; the output must be a directory"),

@@ -1,8 +1,8 @@
 """``tell train --levels 2`` then ``tell assign`` on a local Ray cluster (issue #14).
 
-The fine fits run as Ray tasks; the assignment writes the routed fine label and the coarse
-center of every row, and the manifest records the disagreement measured at training and
-the routing check of the run's own rows.
+The split and the fine fits run as Ray tasks; the assignment writes the routed fine label
+and the coarse center of every row, and the manifest records the disagreement measured at
+training and the routing check of the run's own rows.
 """
 
 import os
@@ -108,25 +108,30 @@ def test_two_level_train_then_assign(ray_cluster, blobs, tmp_path):
                                    "margin"]  # fmt: skip
 
 
-def test_fine_fits_as_ray_tasks_come_back_in_order_and_fail_with_one_line(ray_cluster):
-    from jobs.train.two_level import RayMap
+def test_partition_tasks_come_back_in_order_and_fail_with_one_line(ray_cluster):
+    import ray
+
+    from jobs.train.split import PartitionWork, Split, split_rows_of
+    from jobs.train.two_level import PartitionRunner
     from tell.errors import TellDataError
-    from tell.two_level import FineTask, fit_fine
 
     rng = np.random.default_rng(0)
-    rows = [rng.normal(size=(20, 4)).astype(np.float32) for _ in range(7)]
-    rows = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows]
-    tasks = [FineTask(r, 1, False, seed=i) for i, r in enumerate(rows)]
+    rows = rng.normal(size=(300, 4)).astype(np.float32)
+    coarse = torch.nn.functional.normalize(torch.from_numpy(rows[:6]), dim=1)
+    counts, *pieces = split_rows_of(rows, coarse, 3, "rows")
+    parts = Split(counts, [[ray.put(piece)] for piece in pieces])
+    works = [PartitionWork(p, (p, p + 3)) for p in range(3)]  # count distinct rows
     beats: list[str] = []
-    started: list[bool] = []
-    ray_map = RayMap(0.5, 3, beats.append, lambda: started.append(True))
-    got = list(ray_map(fit_fine, tasks))
-    for a, b in zip(got, map(fit_fine, tasks), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert started == [True] and beats[-1] == "fitted 7 fine groups"
-    bad = [*tasks[:2], FineTask(rows[2][:2], 5, False, seed=0)]  # 5 centers from 2 rows
-    with pytest.raises(TellDataError, match=r"^The fine fit of group 2 \(2 rows into 5 ") as e:
-        list(RayMap(0.5, 2, beats.append)(fit_fine, bad))
+    got = list(PartitionRunner(0.5, 2, beats.append)(works, parts, "counted"))
+    assert got == [[counts[p], counts[p + 3]] for p in range(3)]  # normal rows: all distinct
+    assert beats[-1] == "counted 3 of 3 partitions"
+    too_many = int(counts[1]) + 1
+    bad = [PartitionWork(1, (1, 4), shares=(too_many, 1), all_distinct=(False, False),
+                         seeds=(0, 1))]  # fmt: skip
+    with pytest.raises(
+        TellDataError, match=rf"^The fine fit of coarse group 1 \({counts[1]} r"
+    ) as e:
+        list(PartitionRunner(0.5, 2, beats.append)(bad, parts, "fitted"))
     assert "\n" not in str(e.value)
     print(f"\n{e.value}")
 

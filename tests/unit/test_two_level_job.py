@@ -1,6 +1,7 @@
-"""The pure parts of the two-level jobs (issue #14), without Ray: the memory rule, the
-disagreement sample, the parameters passed to both levels, the model artifact and the
-assignment predictor of a two-level model."""
+"""The pure parts of the two-level jobs (issue #14), without Ray: the split and the
+partition fits (the library's model, center for center), the disagreement sample, the
+parameters passed to both levels, the model artifact and the assignment predictor of a
+two-level model."""
 
 import math
 
@@ -11,22 +12,19 @@ import torch
 
 from jobs.assign.predictor import Assigner
 from jobs.model import load_assignable, load_model, model_id, publish_two_level, routing
+from jobs.train import split
 from jobs.train import two_level as job
 from tell.config import TrainConfig
 from tell.datasets import make_spherical_blobs
 from tell.errors import TellCheckpointError, TellConfigError, TellDataError
 from tell.io import embeddings_to_table, write_parquet_files
-from tell.two_level import TwoLevelModel, disagreement_rows, fit_two_level
-
-GIB = 2**30
-
-
-def test_rows_must_fit_a_quarter_of_the_object_store_and_of_the_driver():
-    job.check_rows_fit(GIB, 4 * GIB, 4 * GIB, "d")  # exactly a quarter of each: fits
-    with pytest.raises(TellDataError, match=r"more than 25% of the object store \(3\.00 GiB"):
-        job.check_rows_fit(GIB, 3 * GIB, 8 * GIB, "d")
-    with pytest.raises(TellDataError, match=r"25% of the driver's memory"):
-        job.check_rows_fit(GIB, 8 * GIB, 3 * GIB, "d")
+from tell.two_level import (
+    COARSE_ROWS_PER_CENTER,
+    TwoLevelModel,
+    disagreement_rows,
+    fit_coarse,
+    fit_two_level,
+)
 
 
 def test_disagreement_sample_is_bounded_by_rows_and_by_scores():
@@ -46,9 +44,78 @@ def test_tell_params_are_what_fit_two_level_accepts():
 
 def test_zero_rows_are_refused_and_others_normalised():
     X = np.array([[3.0, 4.0], [0.0, 2.0]], np.float32)
-    np.testing.assert_allclose(job.unit_rows(X, "x"), [[0.6, 0.8], [0.0, 1.0]])
+    np.testing.assert_allclose(split.unit_rows(X, "x"), [[0.6, 0.8], [0.0, 1.0]])
     with pytest.raises(TellDataError, match=r"1 rows of x are zero vectors \(first: row 1\)"):
-        job.unit_rows(np.array([[1.0, 0.0], [0.0, 0.0]], np.float32), "x")
+        split.unit_rows(np.array([[1.0, 0.0], [0.0, 0.0]], np.float32), "x")
+    centers = torch.eye(2)
+    with pytest.raises(TellDataError, match=r"rows of f.parquet are zero vectors"):
+        split.split_rows_of(np.zeros((3, 2), np.float32), centers, 2, "f.parquet")
+
+
+def test_partitions_hold_about_256_mib_at_least_two_per_worker_at_most_one_per_group():
+    assert split.n_partitions(20_000, 16, 16, 2) == 4  # 1.2 MB: two per worker
+    assert split.n_partitions(10**7, 64, 1024, 2) == 10  # 2.56 GB / 256 MiB
+    assert split.n_partitions(10**9, 1024, 1024, 8) == 1024  # one group each, at most
+    assert split.n_partitions(100, 4, 3, 4) == 3
+    assert split.piece_rows(10**7, 64, 10) == 2**26 // 256  # 64 MiB of features
+    assert split.piece_rows(10**11, 64, 1024) == 10**11 * 1024 // 2**18  # object count cap
+
+
+class LocalRunner:
+    """Runs partition works in this process, in order: what PartitionRunner does on Ray."""
+
+    def __init__(self):
+        self.beats = []
+
+    def beat(self, what):
+        self.beats.append(what)
+
+    def __call__(self, works, parts, verb):
+        for work in works:
+            yield split.run_partition(work, 1, *parts.pieces[work.part])
+            self.beat(verb)
+
+
+def _split_locally(X, coarse, n_parts, chunks):
+    """What split_input gives, with the pieces themselves instead of ObjectRefs."""
+    counts = np.zeros(coarse.shape[0], np.int64)
+    pieces = [[] for _ in range(n_parts)]
+    for rows in np.array_split(X, chunks):
+        counts_, *parts = split.split_rows_of(rows.copy(), coarse, n_parts, "x")
+        counts += counts_
+        for p, piece in enumerate(parts):
+            pieces[p].append(piece)
+    return split.Split(counts, pieces)
+
+
+@pytest.mark.parametrize("n_parts, chunks", [(1, 1), (3, 4), (16, 5)])
+def test_the_split_and_partition_fits_give_the_library_s_model(n_parts, chunks):
+    """Same coarse centers, same groups in the same row order, same shares and seeds: the
+    job's distributed fit is the library's in-memory fit_two_level, center for center (up
+    to float rounding: the job normalises the rows it reads once more)."""
+    X = make_spherical_blobs(3000, 8, 64, seed=2).X
+    X[:200] = X[0]  # a group with fewer distinct rows than its share
+    k, k1, seed = 64, 16, 3
+    expected = fit_two_level(X, k, n_coarse=k1, seed=seed, max_iter=4)
+    coarse = fit_coarse(X, k1, min(len(X), COARSE_ROWS_PER_CENTER * k1), seed, {"max_iter": 4})
+    parts = _split_locally(X, coarse, n_parts, chunks)
+    runner = LocalRunner()
+    model, timings = job.fit_split(parts, coarse, k, seed, {"max_iter": 4}, runner, runner)
+    assert torch.equal(model.offsets, expected.offsets)
+    torch.testing.assert_close(model.coarse_centers, expected.coarse_centers, rtol=0, atol=0)
+    torch.testing.assert_close(model.fine_centers, expected.fine_centers, rtol=0, atol=1e-6)
+    for key in ("coarse_dropped", "group_rows_min", "group_rows_max", "share_min", "share_max"):
+        assert model.fit_info[key] == expected.fit_info[key], key
+    assert model.fit_info["partitions"] == n_parts and set(timings) == {"shares_s", "fine_fit_s"}
+    assert "started the fine fits" in runner.beats
+
+
+def test_too_few_distinct_rows_are_refused_after_the_count():
+    X = np.repeat(make_spherical_blobs(40, 8, 4, seed=0).X[:5], 8, axis=0)  # 5 distinct rows
+    coarse = fit_coarse(X, 2, len(X), 0, {})
+    runner = LocalRunner()
+    with pytest.raises(TellDataError, match=r"fewer distinct rows than n_clusters=6 \(at most 5\)"):
+        job.fit_split(_split_locally(X, coarse, 2, 2), coarse, 6, 0, {}, runner, runner)
 
 
 @pytest.fixture
