@@ -273,9 +273,6 @@ LOCAL_CASES = [
          r"Column 'embedding' is list<\w+: double> \(variable length\) in \S+/b/\S+ but "
          r"fixed_size_list<element: float>\[8\] \(fixed width\) in \S+/a/\S+; every file "
          r"must store the feature column with the same type"),
-    Case("two-level-zero-vector-rows", _train("{zero_vector}", "--levels", "2"),
-         r"2 rows of \S+/part-00001\.parquet are zero vectors \(first: row 23\), which have "
-         r"no direction to cluster by; remove them for levels: 2\."),
     Case("out-is-a-file", ("train", "--data", "{good}", "--out", "{good}/part-00000.parquet",
                            "--k", "3", "--epochs", "1"),
          r"Output \S+/part-00000\.parquet is a file; the output must be a directory"),
@@ -548,6 +545,11 @@ RAY_CASES = {
         _train("{ragged}", "--workers", "1"),
         r"2 of 300 rows of column 'embedding' in \S+/ragged cannot be used for training "
         r"\(first: length 5, expected 8\)",
+    ),
+    "two-level-train-refuses-zero-vector-rows": (  # by the split task that met them
+        _train("{zero_vector}", "--levels", "2", "--workers", "1"),
+        r"2 rows of \S+/part-00001\.parquet are zero vectors \(first: row 23\), which have "
+        r"no direction to cluster by; remove them for levels: 2\.",
     ),
     "assign-quarantines-bad-rows": (
         _assign("{model}", "{mixed}", "--workers", "1", "--min-rows-per-file", "100"),
