@@ -41,10 +41,15 @@ class Heartbeat:
 
     def __init__(self) -> None:
         self._last = time.monotonic()
-        self._what = "the job started"
+        self._what, self._sent_at = "the job started", -math.inf
 
-    def beat(self, what: str) -> None:
-        self._last, self._what = time.monotonic(), what
+    def beat(self, what: str, sent_at: float = -math.inf) -> None:
+        """Progress now; ``what`` becomes the last thing done unless a beat sent later
+        (``sent_at``, the sender's ``time.time()``) already arrived: beats from different
+        threads of one process may arrive out of order."""
+        self._last = time.monotonic()
+        if sent_at >= self._sent_at:
+            self._what, self._sent_at = what, sent_at
 
     def since(self) -> tuple[float, str]:
         """(seconds since the last beat, what it said)."""
@@ -66,7 +71,7 @@ class Beater:
             return
         self._sent = now
         with contextlib.suppress(Exception):  # the actor is gone: the driver is ending
-            self.handle.beat.remote(what)
+            self.handle.beat.remote(what, time.time())
 
 
 @contextlib.contextmanager

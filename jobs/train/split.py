@@ -144,18 +144,23 @@ def split_input(
     counts = np.zeros(coarse_centers.shape[0], np.int64)
     pieces: list[list[Any]] = [[] for _ in range(n_parts)]
     done = 0
-    while True:
-        for path, groups in itertools.islice(todo, window - len(pending)):
-            refs = task.remote(info.location, path, groups, info.column, info.dim, centers, n_parts)
-            pending.append(list(refs))
-        if not pending:
-            return Split(counts, pieces)
-        refs = pending.popleft()
-        counts += ray.get(refs[0])
-        for p, ref in enumerate(refs[1:]):
-            pieces[p].append(ref)
-        done += 1
-        beat(f"split {done} of {len(runs)} pieces")
+    try:
+        while True:
+            for path, groups in itertools.islice(todo, window - len(pending)):
+                args = (info.location, path, groups, info.column, info.dim, centers, n_parts)
+                pending.append(list(task.remote(*args)))
+            if not pending:
+                return Split(counts, pieces)
+            refs = pending.popleft()
+            counts += ray.get(refs[0])
+            for p, ref in enumerate(refs[1:]):
+                pieces[p].append(ref)
+            done += 1
+            beat(f"split {done} of {len(runs)} pieces")
+    except BaseException:
+        for refs in pending:  # a failed split (zero rows, a storage error) stops the others
+            ray.cancel(refs[0], force=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def tell_params(cfg: TrainConfig) -> dict[str, Any]:
 class PartitionRunner:
     """Runs :func:`jobs.train.split.run_partition` over partitions as Ray tasks of
     ``cpus`` CPUs, at most ``in_flight`` at once, and yields their results in order, with
-    ``beat(f"{verb} {n} of {total} partitions")`` as each arrives. A failed task is one
+    ``beat(f"{verb} {n} of {total} partitions")`` as each arrives (and that as a live
+    progress line, kept about every tenth of the way off a terminal). A failed task is one
     line: the TellError behind it (exit 2), a Ray failure as
     :class:`jobs.runtime.ClusterError`, anything else as RuntimeError (an internal error)."""
 
@@ -86,6 +87,8 @@ class PartitionRunner:
         works = list(works)
         todo = iter(works)
         pending: deque[tuple[PartitionWork, Any]] = deque()
+        stride = progress.epoch_stride(len(works))
+        started = time.perf_counter()
         try:
             for done in range(1, len(works) + 1):
                 for work in todo:
@@ -98,6 +101,12 @@ class PartitionRunner:
                 except ray.exceptions.RayError as exc:
                     raise _task_error(exc, work, verb) from None
                 self.beat(f"{verb} {done} of {len(works)} partitions")
+                progress.emit(
+                    f"{verb} {done} of {len(works)} partitions in "
+                    f"{time.perf_counter() - started:.1f} s",
+                    live=True,
+                    keep=done % stride == 0 or done == len(works),
+                )
                 yield result
         finally:
             for _, ref in pending:

@@ -182,3 +182,15 @@ def test_duplicated_ids_are_noticed_in_bounded_memory():
     assert "hold 3 distinct values in 4 rows" in ids.duplicated_ids_message(small, 4, ("id",))
     pair = ids.sketch(pa.table({"a": [1, 1], "b": ["x", "y"]}), ("a", "b"))  # both columns
     assert ids.duplicated_ids_message(pair, 2, ("a", "b")) is None
+
+
+def test_the_heartbeat_keeps_the_latest_sent_beat_whatever_order_they_arrive_in():
+    """Beats from two threads of the driver (a stage's beating thread and the main one) may
+    reach the actor out of order: the stall line must name the later one."""
+    from jobs.watchdog import Heartbeat
+
+    heart = Heartbeat()
+    heart.beat("started the fine fits", sent_at=20.0)
+    heart.beat("fitting the coarse level", sent_at=10.0)  # sent earlier, arrived later
+    idle_s, last = heart.since()
+    assert last == "started the fine fits" and idle_s < 1.0  # the late beat is progress too
