@@ -249,9 +249,6 @@ def _input_set(
     )
 
 
-# ------------------------------------------------------------------ the checks
-
-
 def row_group_runs(row_group_rows: Sequence[int], target: int) -> Iterator[tuple[list[int], int]]:
     """Consecutive non-empty row groups in runs of about ``target`` rows: (indices, rows)."""
     groups: list[int] = []
@@ -266,6 +263,9 @@ def row_group_runs(row_group_rows: Sequence[int], target: int) -> Iterator[tuple
             groups, rows = [], 0
     if groups:
         yield groups, rows
+
+
+# ------------------------------------------------------------------ the checks
 
 
 @contextlib.contextmanager
