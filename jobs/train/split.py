@@ -57,6 +57,11 @@ def piece_rows(n_rows: int, dim: int, n_parts: int) -> int:
     return max(PIECE_BYTES // (4 * max(dim, 1)), math.ceil(n_rows * n_parts / MAX_PIECES))
 
 
+def partition_of(coarse: np.ndarray | int, n_parts: int) -> np.ndarray | int:
+    """The partition of each coarse center index in ``coarse`` (the split's one rule)."""
+    return coarse % n_parts
+
+
 def unit_rows(X: np.ndarray, where: str, first_row: int = 0) -> np.ndarray:
     """``X`` (n, d) float32 with unit rows (in place); a zero row is refused (no direction),
     named by its row number in ``where`` (``X``'s first row being ``first_row`` there)."""
@@ -81,25 +86,28 @@ def split_rows_of(
     x = unit_rows(x, where, first_row)
     labels = nearest(torch.from_numpy(x), coarse_centers)[0].numpy().astype(np.int32)
     counts = np.bincount(labels, minlength=coarse_centers.shape[0]).astype(np.int64)
-    part = labels % n_parts
-    pieces = tuple((x[part == p], labels[part == p]) for p in range(n_parts))
-    return (counts, *pieces)
+    part = partition_of(labels, n_parts)
+    order = np.argsort(part, kind="stable")  # by partition, input order within each
+    bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+    rows = [order[bounds[p] : bounds[p + 1]] for p in range(n_parts)]
+    return (counts, *((x[r], labels[r]) for r in rows))
 
 
 def split_piece(
     location: storage.Location,
     path: str,
     row_groups: list[int],
+    first_row: int,
     column: str,
     dim: int,
     coarse_centers: torch.Tensor,
     n_parts: int,
 ) -> tuple[Any, ...]:
     """The split task: row groups ``row_groups`` of ``path`` (rows the scan already found
-    usable) through :func:`split_rows_of`, on one torch thread."""
+    usable; the first is row ``first_row`` of the file) through :func:`split_rows_of`, on
+    one torch thread."""
     torch.set_num_threads(1)
     with open_parquet(location, path) as pf:
-        first_row = sum(pf.metadata.row_group(g).num_rows for g in range(row_groups[0]))
         x = screen_rows(pf.read_row_groups(row_groups, columns=[column]), column, dim).matrix
     x = np.ascontiguousarray(x, np.float32)
     return split_rows_of(x, coarse_centers, n_parts, path, first_row)
@@ -134,7 +142,7 @@ def split_input(
     centers = ray.put(coarse_centers)
     target = piece_rows(info.num_rows, info.dim, n_parts)
     runs = [
-        (footer.path, groups)
+        (footer.path, groups, sum(footer.row_group_rows[: groups[0]]))
         for footer in info.footers
         for groups, _ in row_group_runs(footer.row_group_rows, target)
     ]
@@ -146,9 +154,9 @@ def split_input(
     done = 0
     try:
         while True:
-            for path, groups in itertools.islice(todo, window - len(pending)):
-                args = (info.location, path, groups, info.column, info.dim, centers, n_parts)
-                pending.append(list(task.remote(*args)))
+            for path, groups, first_row in itertools.islice(todo, window - len(pending)):
+                args = (info.location, path, groups, first_row, info.column, info.dim)
+                pending.append(list(task.remote(*args, centers, n_parts)))
             if not pending:
                 return Split(counts, pieces)
             refs = pending.popleft()

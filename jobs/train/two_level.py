@@ -41,6 +41,7 @@ from jobs.train.split import (
     PartitionWork,
     Split,
     n_partitions,
+    partition_of,
     run_partition,
     split_input,
     unit_rows,
@@ -139,7 +140,8 @@ def fit_split(
     started = time.perf_counter()
     kept = np.flatnonzero(split.counts > 0)  # coarse centers that kept rows, ascending
     index = {int(c): g for g, c in enumerate(kept)}  # coarse center -> group number
-    members = [[int(c) for c in kept if c % split.n_parts == p] for p in range(split.n_parts)]
+    owner = partition_of(kept, split.n_parts)
+    members = [kept[owner == p].tolist() for p in range(split.n_parts)]
     parts = [p for p in range(split.n_parts) if members[p]]
     distinct = np.zeros(len(kept), np.int64)
     counting = (PartitionWork(p, tuple(members[p])) for p in parts)
