@@ -1,6 +1,5 @@
 """The distributed training job on a local Ray cluster (issue #3)."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -92,21 +91,20 @@ def test_killed_worker_resumes_from_checkpoint_and_finishes(
 
 def test_checkpoint_cadence_30_epochs(ray_cluster, training_blobs, tmp_path):
     """Issue 12: with the default cadence a 30-epoch run writes a checkpoint every 5 epochs
-    and after the last one (6, not 30); a minimum interval thins them further, the final one
-    is always written."""
+    and after the last one (6, not 30), and only those epochs report to Ray Train, which
+    holds each report until its controller polls (a report every epoch cost about 0.45 s
+    each). The minimum interval is unit-tested (tests/unit/test_checkpoint_cadence.py)."""
     data_dir, _ = training_blobs
     cfg = TrainConfig(k=K, epochs=30, batch_size=1024, tol=0.0, seed=0)
     summary = train.main(_job(data_dir, tmp_path, "cadence", cfg, workers=1))
     _, meta = load_model(summary["model"])
     assert summary["epochs"] == 30 and len(meta["history"]) == 30
     assert meta["checkpoint_epochs"] == [4, 9, 14, 19, 24, 29]
-    print(f"\n30 epochs, {len(meta['checkpoint_epochs'])} checkpoints")
-    short = dataclasses.replace(cfg, epochs=12)  # the cadence alone would write 4, 9, 11
-    sparse = train.main(
-        _job(data_dir, tmp_path, "cadence-1h", short, workers=1, checkpoint_min_interval_s=3600)
+    loop_s = sum(h["epoch_s"] for h in meta["history"])
+    print(
+        f"\n30 epochs, {len(meta['checkpoint_epochs'])} checkpoints, fit {summary['fit_s']} s "
+        f"of which {loop_s:.1f} s in epochs"
     )
-    _, meta = load_model(sparse["model"])
-    assert meta["checkpoint_epochs"] == [11]  # only the final one
 
 
 def test_mlp_job_follows_the_estimators_epoch_plan_and_judges_its_encoder(
