@@ -2,7 +2,7 @@
 
 - ``global_random_seed``: the seed every randomised test uses (0).
 - ``s3_server`` (session): a real SeaweedFS S3 server on loopback that accepts
-  exactly one access key / secret pair; ``stop()`` / ``start()`` restart it on the
+  exactly one access key / secret pair; ``crash()`` (or ``stop()``) / ``start()`` restart it on the
   same data directory and ports (the launcher, :class:`bench.seaweedfs.SeaweedS3`, is
   shared with the benchmarks).
 - ``s3_env``: the AWS_* environment pointing at that server (monkeypatched).

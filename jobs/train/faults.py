@@ -7,7 +7,8 @@
 - ``mark:epoch=E:step=S:marker=PATH[:delay_s=T]``: at step S of epoch E every rank R
   writes the id of its Ray node to ``PATH-rank-R`` (training goes on), so a test knows
   training is under way and where each rank runs, e.g. to remove a node; with ``delay_s``
-  every step takes T seconds longer, so the fault lands mid-training.
+  every step of that epoch takes T seconds longer, so the fault lands mid-training (the
+  first time only: a resumed run, which finds the marker, trains at full speed).
 - ``record:dir=PATH``: every rank writes the first feature of every row it trained on to
   ``PATH/epoch-E-rank-R-attempt-N.npy`` at the end of each epoch (which rows each epoch saw).
 """
@@ -60,7 +61,7 @@ def maybe_inject_fault(
         and int(fault["epoch"]) == epoch
         and not os.path.exists(marker)
     )
-    delay_s = float(fault.get("delay_s", 0))
+    delay_s = float(fault.get("delay_s", 0)) if armed else 0.0
     for step, batch in enumerate(batches):
         if armed and step == int(fault["step"]):
             if kind == "kill":

@@ -95,7 +95,7 @@ def _check_exactly_once(unit_uri, ids):
 def _stopping_at(s3_server, when):
     def hook(event):
         if event == when:
-            s3_server.stop()
+            s3_server.crash()
 
     return hook
 
@@ -123,7 +123,7 @@ class _StopOnceAPartIsStaged:
             )
             keys = [o["Key"] for o in listing.get("Contents", [])]
             if any(k.endswith(writer.STAGED_SUFFIX) for k in keys):
-                self.s3_server.stop()
+                self.s3_server.crash()
                 self.staged = keys
                 return
             time.sleep(0.02)

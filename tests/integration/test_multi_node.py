@@ -264,8 +264,9 @@ def test_node_removed_mid_training_resumes_or_fails_with_one_line(ray_nodes, wor
         "--materialize", "auto", "--max-failures", "3", "--stall-timeout-s", "120",
         "--checkpoint-every", "1",  # resume from the newest epoch (the default cadence is 5)
     ]  # fmt: skip
-    # 0.25 s per step: the epochs after the mark outlast the node removal (with 0.05 s a
-    # quiet machine finished the run before the node was gone: nothing to resume)
+    # 0.25 s per step of the marked epoch (about 45 steps): it outlasts the node removal (with
+    # 0.05 s a quiet machine finished the run before the node was gone: nothing to resume);
+    # the resumed run finds the markers and trains at full speed
     fault = f"mark:epoch=1:step=2:marker={marker}:delay_s=0.25"
     env = {**ray_nodes.env, "TELL_FAULT_INJECT": fault}
 

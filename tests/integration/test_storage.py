@@ -162,7 +162,7 @@ def test_server_stopped_mid_write_then_restarted(s3_bucket, s3_server):
     while len(written) < 5 and thread.is_alive():
         time.sleep(0.05)
     try:
-        s3_server.stop()
+        s3_server.crash()
         thread.join(timeout=60)
         assert not thread.is_alive(), "writer still blocked 60 s after the server stopped"
         assert failure and isinstance(failure[0], TellStorageError), failure
