@@ -11,6 +11,10 @@
   first time only: a resumed run, which finds the marker, trains at full speed).
 - ``record:dir=PATH``: every rank writes the first feature of every row it trained on to
   ``PATH/epoch-E-rank-R-attempt-N.npy`` at the end of each epoch (which rows each epoch saw).
+- ``fine:marker=PATH[:delay_s=T]`` (``--levels 2``): each fine-fit partition task P writes
+  the id of its Ray node to ``PATH-part-P`` as it starts, then waits T seconds, the first
+  time only (a retried task finds the marker and runs at once), so a test can remove a node
+  while a fine fit runs on it.
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from jobs.train.split import PartitionWork, run_partition
 from tell.errors import TellConfigError
 
 _REQUIRED = {
     "kill": {"rank", "epoch", "step", "marker"},
     "mark": {"epoch", "step", "marker"},
     "record": {"dir"},
+    "fine": {"marker"},
 }
+FINE = "fine"  # the two-level job's fault; the others are the train loop's
 
 
 def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
@@ -39,7 +47,8 @@ def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
     if kind not in _REQUIRED or not _REQUIRED[kind] <= set(values):
         raise TellConfigError(
             "TELL_FAULT_INJECT must look like kill:rank=R:epoch=E:step=S:marker=PATH, "
-            f"mark:epoch=E:step=S:marker=PATH[:delay_s=T] or record:dir=PATH. Got {spec!r}."
+            "mark:epoch=E:step=S:marker=PATH[:delay_s=T], record:dir=PATH or "
+            f"fine:marker=PATH[:delay_s=T]. Got {spec!r}."
         )
     return kind, values
 
@@ -52,6 +61,9 @@ def maybe_inject_fault(
         yield from batches
         return
     kind, fault = parse_fault(spec)
+    if kind == FINE:  # not the train loop's
+        yield from batches
+        return
     if kind == "record":
         yield from _recorded(batches, fault["dir"], rank, epoch)
         return
@@ -72,6 +84,22 @@ def maybe_inject_fault(
         if delay_s:
             time.sleep(delay_s)
         yield batch
+
+
+def fine_fault(spec: str | None) -> str | None:
+    """``spec`` when it is the two-level job's ``fine`` fault, else None."""
+    return spec if spec and parse_fault(spec)[0] == FINE else None
+
+
+def run_partition_with_fault(spec: str, work: PartitionWork, threads: int, *pieces: Any) -> list:
+    """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec``: a fine-fit
+    task marks its node and waits, the first time only; counting tasks run as they are."""
+    fault = parse_fault(spec)[1]
+    marker = f"{fault['marker']}-part-{work.part}"
+    if work.fits and not os.path.exists(marker):
+        _write_node_id(marker)
+        time.sleep(float(fault.get("delay_s", 0)))
+    return run_partition(work, threads, *pieces)
 
 
 def _write_node_id(path: str) -> None:

@@ -25,6 +25,7 @@ The object store holds one copy of the features from the split to the end of the
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from jobs.config import TrainJob
 from jobs.input.inspect import InputSet
 from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
+from jobs.train.faults import fine_fault, run_partition_with_fault
 from jobs.train.split import (
     PartitionWork,
     Split,
@@ -73,17 +75,24 @@ class PartitionRunner:
     ``beat(f"{verb} {n} of {total} partitions")`` as each arrives (and that as a live
     progress line, kept about every tenth of the way off a terminal). A failed task is one
     line: the TellError behind it (exit 2), a Ray failure as
-    :class:`jobs.runtime.ClusterError`, anything else as RuntimeError (an internal error)."""
+    :class:`jobs.runtime.ClusterError`, anything else as RuntimeError (an internal error).
+    ``fault`` (tests): a ``fine`` spec of :mod:`jobs.train.faults` applied in each task."""
 
-    def __init__(self, cpus: float, in_flight: int, beat: Callable[[str], None]) -> None:
+    def __init__(
+        self, cpus: float, in_flight: int, beat: Callable[[str], None], fault: str | None = None
+    ) -> None:
         self.cpus, self.in_flight, self.beat = cpus, max(1, in_flight), beat
+        self.fault = fault
 
     def __call__(
         self, works: Iterable[PartitionWork], split: Split, verb: str
     ) -> Iterator[list[Any]]:
         import ray
 
-        remote = ray.remote(run_partition).options(num_cpus=self.cpus)
+        task, extra = (
+            (run_partition, ()) if self.fault is None else (run_partition_with_fault, (self.fault,))
+        )
+        remote = ray.remote(task).options(num_cpus=self.cpus)
         threads = max(1, int(self.cpus))
         works = list(works)
         todo = iter(works)
@@ -93,7 +102,8 @@ class PartitionRunner:
         try:
             for done in range(1, len(works) + 1):
                 for work in todo:
-                    pending.append((work, remote.remote(work, threads, *split.pieces[work.part])))
+                    pieces = split.pieces[work.part]
+                    pending.append((work, remote.remote(*extra, work, threads, *pieces)))
                     if len(pending) >= self.in_flight:
                         break
                 work, ref = pending.popleft()
@@ -208,7 +218,8 @@ def main(job: TrainJob, info: InputSet, cfg: TrainConfig) -> dict[str, Any]:
             f"{coarse_s + split_s:.1f} s"
         )
         count = PartitionRunner(0.0, 2 * job.workers, beat)  # light: a sort per partition
-        fit = PartitionRunner(job.cpus_per_worker, job.workers, beat)
+        fault = fine_fault(os.environ.get("TELL_FAULT_INJECT"))
+        fit = PartitionRunner(job.cpus_per_worker, job.workers, beat, fault)
         model, timings = fit_split(split, coarse, cfg.k, cfg.seed, params, fit, count)
         del split  # the object store's copy of the rows
         fit_s = time.perf_counter() - started - scan_s

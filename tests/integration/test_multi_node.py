@@ -13,7 +13,9 @@ subprocess joined through ``RAY_ADDRESS``, like a job submitted to a cluster:
 - a worker node removed mid-assignment: still exactly N rows;
 - a worker node removed mid-training (features kept in the object store): the run resumes
   from its checkpoint and finishes, or fails with one line; either within a bound, and its
-  stdout is still one JSON document.
+  stdout is still one JSON document;
+- a worker node removed while the two-level job's fine fits run on it: a model with all k
+  centers, or one line.
 
 The node-removing tests come last and put a node back when they end.
 """
@@ -249,6 +251,45 @@ def test_node_removed_mid_assignment_still_gives_exactly_n_rows(ray_nodes, world
         ray_nodes, _assign_argv(world, "node-lost", *extra), ray_nodes.env, victim
     )
     _check_exactly_once(world, "node-lost", done)
+
+
+def test_node_removed_mid_fine_fits_still_publishes_a_model_or_fails_with_one_line(
+    ray_nodes, world, tmp_path
+):
+    """Issue 14: a worker node lost while the two-level job's fine fits run on it (the split's
+    pieces in its object store, a partition task on its CPU). Ray retries the task and rebuilds
+    the lost pieces from their split tasks (which read the input again), so the job publishes
+    a model with all k centers; a clear failure (one line, exit 2, no model) is allowed, a hang
+    or a model with fewer centers is not."""
+    from jobs.model import load_assignable
+
+    marker = tmp_path / "fine"
+    s3 = world["s3"]
+    argv = [
+        "train", "--data", f"{s3}/data", "--out", f"{s3}/two-level", "--name", "fine-lost",
+        "--levels", "2", "--k", "64", "--workers", "2", "--stall-timeout-s", "120",
+    ]  # fmt: skip
+    # each fine fit waits 6 s after marking its node, the first time only: the node goes
+    # while one waits there; the retried task runs at once
+    env = {**ray_nodes.env, "TELL_FAULT_INJECT": f"fine:marker={marker}:delay_s=6"}
+
+    def victim() -> str:
+        """A worker node a fine fit runs on (the head, where the driver is, stays)."""
+        for path in sorted(tmp_path.glob("fine-part-*")):
+            if path.suffix != ".tmp" and path.read_text() in ray_nodes.node_ids():
+                return path.read_text()
+        return ""
+
+    done, _ = _lose_a_node_while(ray_nodes, argv, env, victim)
+    if done.returncode != 0:
+        print(_error_line(done))
+        assert not _keys(world, "two-level/fine-lost/model/")
+        return
+    summary = json.loads(done.stdout)  # stdout is one JSON document
+    assert summary["levels"] == 2 and summary["k"] == 64 and summary["rows"] == N_ROWS
+    model, meta = load_assignable(summary["model"])
+    assert model.n_clusters == 64 and meta["levels"] == 2
+    print(f"published {summary['n_coarse']} x {summary['k']} after the node loss")
 
 
 def test_node_removed_mid_training_resumes_or_fails_with_one_line(ray_nodes, world, tmp_path):

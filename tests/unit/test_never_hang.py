@@ -13,13 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from jobs import runtime, storage
 from jobs.input.inspect import open_input
 from jobs.model import publish
 from jobs.report.contingency import Contingency
 from jobs.train.driver import padding_rows
-from jobs.train.faults import parse_fault
+from jobs.train.faults import fine_fault, maybe_inject_fault, parse_fault
+from jobs.train.split import PartitionWork
 from jobs.train.worker import local_batch_rows
 from tell import TELL, checkpoint
 from tell.errors import TellConfigError, TellDataError, TellStorageError
@@ -104,6 +106,30 @@ def test_fault_specs():
     assert parse_fault("mark:epoch=1:step=0:marker=/m:delay_s=0.1")[0] == "mark"
     with pytest.raises(TellConfigError, match="TELL_FAULT_INJECT must look like"):
         parse_fault("mark:epoch=1")
+    # the two-level job's fault is only the fine fits': the train loop ignores it
+    assert fine_fault("fine:marker=/m:delay_s=6") == "fine:marker=/m:delay_s=6"
+    assert fine_fault("record:dir=/x") is None and fine_fault(None) is None
+    batches = [torch.ones(2, 3)]
+    assert list(maybe_inject_fault(iter(batches), "fine:marker=/m", rank=0, epoch=0)) == batches
+
+
+def test_the_fine_fault_marks_and_waits_the_first_time_only(tmp_path, monkeypatch):
+    from jobs.train import faults
+
+    waits, marks = [], []
+    monkeypatch.setattr(faults.time, "sleep", waits.append)
+    monkeypatch.setattr(
+        faults, "_write_node_id", lambda path: (marks.append(path), open(path, "w").close())
+    )
+    monkeypatch.setattr(faults, "run_partition", lambda work, threads, *pieces: [work.part])
+    spec = f"fine:marker={tmp_path / 'm'}:delay_s=6"
+    fit, count = PartitionWork(3, (3,), shares=(2,)), PartitionWork(3, (3,))
+    assert faults.run_partition_with_fault(spec, count, 1) == [3]  # counting: untouched
+    assert marks == [] and waits == []
+    assert faults.run_partition_with_fault(spec, fit, 1) == [3]
+    assert marks == [str(tmp_path / "m-part-3")] and waits == [6.0]
+    assert faults.run_partition_with_fault(spec, fit, 1) == [3]  # the retry: at once
+    assert len(marks) == 1 and waits == [6.0]
 
 
 # ------------------------------------------------------------------ smaller checks
