@@ -318,15 +318,20 @@ def _fill_distinct(chosen: torch.Tensor, start: int, n: int) -> None:
 # With one seeding, TELL's clustering inherits its local minimum: digits, identity, 5 seeds of
 # one k-means++ each: ACC 0.761 mean, 0.70-0.86 (bench-results/quality-digits.json, before).
 # The cost is restarts x LLOYD_ITERATIONS x n x k x d on at most LLOYD_ROWS_PER_CENTER rows per
-# center; restarts fall with k (RESTART_BUDGET // k, 1 at k >= 1000) so it stays linear in k.
+# center; restarts fall with k (RESTART_BUDGET // k: 10 up to k = 20, 1 from k = 101) so it
+# stays linear in k. The budget: with many centers a bad basin costs a few of them, which the
+# training's repair moves, while the restarts' Lloyd passes cost more than the epochs (200k x 64,
+# 5 seeds, bench-results/seeding-restarts.json: k=256, 3 restarts 1.83 s mean, 1.0005x the
+# floor; 1 restart 1.36 s, 0.9997x; k=100, 10 restarts 2.28 s, 0.9998x; 2 restarts 1.45 s,
+# 1.0005x).
 MAX_RESTARTS = 10
-RESTART_BUDGET = 1000
+RESTART_BUDGET = 200
 LLOYD_ITERATIONS = 10
 LLOYD_ROWS_PER_CENTER = 256  # faiss's default maximum of training rows per center
 
 
 def restarts_for(n_clusters: int) -> int:
-    """Seeding restarts for k centers: 10 up to k = 100, then 1000 // k, at least 1."""
+    """Seeding restarts for k centers: 10 up to k = 20, then 200 // k, 1 from k = 101."""
     return max(1, min(MAX_RESTARTS, RESTART_BUDGET // n_clusters))
 
 
@@ -356,7 +361,7 @@ def initial_centers(
     (k-means|| with greedy k-means++ on its candidates, in groups of at most
     :data:`LEAF_CENTERS` centers), each refined by :data:`LLOYD_ITERATIONS` spherical
     Lloyd iterations on at most :data:`LLOYD_ROWS_PER_CENTER` rows per center of the sample;
-    the run with the lowest inertia is kept. With one restart (k >= 1000) the seeding of the
+    the run with the lowest inertia is kept. With one restart (k > 100) the seeding of the
     whole sample is returned as it is: no Lloyd pass, whose cost would grow with k^2.
     "random" draws :func:`random_centers` on the CPU (the paper's). ``z_sample`` (n, d) has
     unit rows, n >= k (see :func:`sample_rows_for` for n).

@@ -102,8 +102,8 @@ def test_sample_rows_for(k, n_rows, cap, expected):
 
 
 def test_restarts_fall_with_k():
-    assert [restarts_for(k) for k in (2, 100, 101, 250, 999, 1000, 65536)] == [
-        10, 10, 9, 4, 1, 1, 1,
+    assert [restarts_for(k) for k in (2, 20, 21, 50, 100, 101, 256, 65536)] == [
+        10, 10, 9, 4, 2, 1, 1, 1,
     ]  # fmt: skip
 
 
