@@ -57,11 +57,8 @@ def maybe_inject_fault(
     batches: Iterator[torch.Tensor], spec: str | None, *, rank: int, epoch: int
 ) -> Iterator[torch.Tensor]:
     """Pass ``batches`` through, applying the configured fault on this rank and epoch."""
-    if not spec:
-        yield from batches
-        return
-    kind, fault = parse_fault(spec)
-    if kind == FINE:  # not the train loop's
+    kind, fault = parse_fault(spec) if spec else (None, {})
+    if kind in (None, FINE):  # no fault, or the fine fits' (not the train loop's)
         yield from batches
         return
     if kind == "record":
@@ -91,14 +88,18 @@ def fine_fault(spec: str | None) -> str | None:
     return spec if spec and parse_fault(spec)[0] == FINE else None
 
 
-def run_partition_with_fault(spec: str, work: PartitionWork, threads: int, *pieces: Any) -> list:
-    """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec``: a fine-fit
-    task marks its node and waits, the first time only; counting tasks run as they are."""
-    fault = parse_fault(spec)[1]
-    marker = f"{fault['marker']}-part-{work.part}"
-    if work.fits and not os.path.exists(marker):
-        _write_node_id(marker)
-        time.sleep(float(fault.get("delay_s", 0)))
+def run_partition_with_fault(
+    spec: str | None, work: PartitionWork, threads: int, *pieces: Any
+) -> list:
+    """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec`` (None: none):
+    a fine-fit task marks its node and waits, the first time only; counting tasks run as
+    they are."""
+    if spec is not None:
+        fault = parse_fault(spec)[1]
+        marker = f"{fault['marker']}-part-{work.part}"
+        if work.fits and not os.path.exists(marker):
+            _write_node_id(marker)
+            time.sleep(float(fault.get("delay_s", 0)))
     return run_partition(work, threads, *pieces)
 
 

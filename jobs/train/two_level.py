@@ -44,7 +44,6 @@ from jobs.train.split import (
     Split,
     n_partitions,
     partition_of,
-    run_partition,
     split_input,
     unit_rows,
 )
@@ -89,10 +88,7 @@ class PartitionRunner:
     ) -> Iterator[list[Any]]:
         import ray
 
-        task, extra = (
-            (run_partition, ()) if self.fault is None else (run_partition_with_fault, (self.fault,))
-        )
-        remote = ray.remote(task).options(num_cpus=self.cpus)
+        remote = ray.remote(run_partition_with_fault).options(num_cpus=self.cpus)
         threads = max(1, int(self.cpus))
         works = list(works)
         todo = iter(works)
@@ -103,7 +99,7 @@ class PartitionRunner:
             for done in range(1, len(works) + 1):
                 for work in todo:
                     pieces = split.pieces[work.part]
-                    pending.append((work, remote.remote(*extra, work, threads, *pieces)))
+                    pending.append((work, remote.remote(self.fault, work, threads, *pieces)))
                     if len(pending) >= self.in_flight:
                         break
                 work, ref = pending.popleft()
