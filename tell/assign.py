@@ -156,7 +156,6 @@ def _top2_torch(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def top2_nearest(
     z: torch.Tensor,
     centers: torch.Tensor,

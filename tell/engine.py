@@ -120,23 +120,21 @@ class EpochStats:
     def __init__(self, n_clusters: int, n_features: int, device: torch.device | str = "cpu"):
         self._losses = torch.zeros(3, dtype=torch.float64, device=device)  # rec, clu, steps
         self.z_sum = torch.zeros(n_features, dtype=torch.float64, device=device)
-        self.counts = torch.zeros(n_clusters, dtype=torch.float64, device=device)
-        self.sq_dist_sums = torch.zeros_like(self.counts)
-        self.margin_sums = torch.zeros_like(self.counts)
+        # One (3, k) block, filled by one index_add per step: counts, distances, margins.
+        self._per_center = torch.zeros(3, n_clusters, dtype=torch.float64, device=device)
+        self.counts, self.sq_dist_sums, self.margin_sums = self._per_center
         self.farthest_sq_dist = torch.full((n_clusters,), -1.0, device=device)
         self.farthest_z = torch.zeros(n_clusters, n_features, device=device)
         self.movable = torch.zeros(n_clusters, dtype=torch.bool, device=device)  # set by reduce
 
     def add(self, step: StepStats) -> None:
-        n_rows = step.labels.shape[0]
-        self._losses[0] += step.rec_loss.double() * n_rows
-        self._losses[1] += step.clu_loss.double() * n_rows
-        self._losses[2] += 1.0
-        self.z_sum += step.z.double().sum(dim=0)
         labels = step.labels
-        self.counts.index_add_(0, labels, torch.ones_like(step.sq_dist, dtype=torch.float64))
-        self.sq_dist_sums.index_add_(0, labels, step.sq_dist.double())
-        self.margin_sums.index_add_(0, labels, step.margin.double())
+        n_rows = float(labels.shape[0])
+        ones = torch.ones_like(step.sq_dist)
+        self._losses += torch.stack((step.rec_loss * n_rows, step.clu_loss * n_rows, ones[0]))
+        self.z_sum += step.z.sum(dim=0, dtype=torch.float64)
+        per_row = torch.stack((ones, step.sq_dist, step.margin)).double()  # (3, B)
+        self._per_center.index_add_(1, labels, per_row)
         self._offer_farthest(labels, step.z, step.sq_dist)
 
     def _offer_farthest(self, labels: torch.Tensor, z: torch.Tensor, sq_dist: torch.Tensor) -> None:
@@ -160,17 +158,16 @@ class EpochStats:
             [
                 self._losses,
                 self.z_sum,
-                self.counts,
-                self.sq_dist_sums,
-                self.margin_sums,
+                self._per_center.flatten(),
                 (self.farthest_sq_dist > 0).double(),
             ]
         )
         all_reduce_fn(packed)
         d = self.z_sum.shape[0]
         self._losses, self.z_sum = packed[:3], packed[3 : 3 + d]
-        self.counts, self.sq_dist_sums, self.margin_sums, movable = packed[3 + d :].view(4, k)
-        self.movable = movable > 0
+        self._per_center = packed[3 + d : 3 + d + 3 * k].view(3, k)
+        self.counts, self.sq_dist_sums, self.margin_sums = self._per_center
+        self.movable = packed[3 + d + 3 * k :] > 0
 
     def farthest_rows(
         self, centers: torch.Tensor, all_reduce_fn: AllReduceFn, all_gather_fn: AllGatherFn

@@ -84,7 +84,8 @@ class ClusterLayer(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Re-project every row of ``weight`` onto the sphere of radius ``2 * alpha``."""
-        self.weight.copy_(F.normalize(self.weight, dim=1) * (2.0 * self.alpha))
+        norm = self.weight.norm(dim=1, keepdim=True).clamp_min_(1e-12)  # (k, 1)
+        self.weight.mul_((2.0 * self.alpha) / norm)
 
     @torch.no_grad()
     def normalize_center_grads_(self, grad_fraction: float = DEFAULT_GRAD_FRACTION) -> None:
@@ -97,8 +98,8 @@ class ClusterLayer(nn.Module):
             return
         grad_norm = grad.norm(dim=1, keepdim=True)  # (k, 1)
         target = grad_fraction * self.weight.norm(dim=1, keepdim=True)
-        scale = torch.where(grad_norm > 0, target / grad_norm.clamp_min(1e-30), 0.0)
-        grad.mul_(scale)
+        # A zero row stays zero: 0 * (target / 1e-30) = 0.
+        grad.mul_(target.div_(grad_norm.clamp_min_(1e-30)))
 
     @torch.no_grad()
     def step_(self, lr: float = 1.0, grad_fraction: float = DEFAULT_GRAD_FRACTION) -> None:

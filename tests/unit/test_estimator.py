@@ -179,3 +179,24 @@ def test_identity_epochs_train_on_a_fresh_subset_of_epoch_rows():
     assert est.labels_.shape == (2000,) and cluster_accuracy(y, est.labels_) > 0.95
     auto = TELL(5, max_iter=2, tol=0, random_state=0).fit(x)
     assert [h["rows"] for h in auto.history_] == [2000] * 2  # at least 65,536: all rows
+
+
+@pytest.mark.parametrize("gather_bytes", [1, 1000, 1 << 30])
+def test_shuffled_batches_gathered_in_blocks_cover_each_row_once(monkeypatch, gather_bytes):
+    """_shuffled_batches gathers several batches per index_select (GATHER_BYTES); whatever
+    the block, the batches are the drawn rows, each once, in batch_size pieces, and a
+    trailing batch of one row is dropped."""
+    import torch
+
+    from tell import estimator
+
+    monkeypatch.setattr(estimator, "GATHER_BYTES", gather_bytes)
+    x = torch.arange(101, dtype=torch.float32)[:, None].repeat(1, 3)  # row i holds i
+    g = torch.Generator().manual_seed(0)
+    batches = list(estimator._shuffled_batches(x, 10, g))
+    assert [len(b) for b in batches] == [10] * 10  # 101 rows: the last single row dropped
+    seen = torch.cat(batches)[:, 0].long()
+    assert seen.unique().numel() == 100 and not torch.equal(seen, torch.arange(100))
+    subset = list(estimator._shuffled_batches(x, 8, torch.Generator().manual_seed(1), 30))
+    assert [len(b) for b in subset] == [8, 8, 8, 6]
+    assert torch.cat(subset)[:, 0].unique().numel() == 30
