@@ -65,15 +65,18 @@ def test_identity_trains_centers_every_epoch_and_never_pretrains():
 
 
 @pytest.mark.parametrize(
-    ("n_rows", "batch_size", "expected"),
+    ("encoder", "n_rows", "expected"),
     [
-        (1_797, 256, PRETRAIN_MAX_EPOCHS),  # 8 steps per epoch: capped
-        (70_000, 256, 22),  # 274 steps per epoch: 6000 / 274 -> 22 epochs
-        (10_000_000, 256, PRETRAIN_MIN_EPOCHS),  # huge: the floor
+        ("conv", 1_797, 750),  # 8 steps per epoch (the last one partial): 6000 / 8
+        ("conv", 500, PRETRAIN_MAX_EPOCHS["conv"]),  # 2 steps per epoch: capped
+        ("mlp", 1_797, PRETRAIN_MAX_EPOCHS["mlp"]),  # the mlp's cap of passes
+        ("mlp", 70_000, 22),  # 274 steps per epoch: 6000 / 274 -> 22 epochs
+        ("conv", 70_000, 22),
+        ("mlp", 10_000_000, PRETRAIN_MIN_EPOCHS),  # huge: the floor
     ],
 )
-def test_automatic_pretraining_follows_optimizer_steps(n_rows, batch_size, expected):
-    cfg = TrainConfig(k=4, encoder="mlp", batch_size=batch_size)
+def test_automatic_pretraining_follows_optimizer_steps(encoder, n_rows, expected):
+    cfg = TrainConfig(k=4, encoder=encoder, image_shape=(8, 8, 1) if encoder == "conv" else None)
     assert pretrain_epochs_for(cfg, n_rows, has_decoder=True) == expected
     assert pretrain_epochs_for(cfg, n_rows, has_decoder=False) == 0
     explicit = TrainConfig(k=4, encoder="mlp", pretrain_epochs=3)
