@@ -112,10 +112,10 @@ def _synthetic_stats(k: int, d: int, rows_per_center: float) -> EpochStats:
     stats = EpochStats(k, d)
     counts = torch.poisson(torch.full((k,), rows_per_center), generator=g)
     counts[torch.rand(k, generator=g) < 0.01] = 0.0
-    stats.counts = counts.double()
+    stats.counts.copy_(counts)
     spread = (0.6 + 0.1 * torch.randn(k, generator=g)).clamp_min(0.1)
-    stats.sq_dist_sums = (counts * spread).double()
-    stats.margin_sums = (counts * 0.3 * torch.rand(k, generator=g)).double()
+    stats.sq_dist_sums.copy_(counts * spread)
+    stats.margin_sums.copy_(counts * 0.3 * torch.rand(k, generator=g))
     stats.farthest_sq_dist = torch.where(counts > 0, 2.0 * spread, -1.0)
     stats.farthest_z = F.normalize(torch.randn(k, d, generator=g), dim=1)
     stats.movable = stats.farthest_sq_dist > 0

@@ -122,16 +122,31 @@ class EpochStats:
         self.z_sum = torch.zeros(n_features, dtype=torch.float64, device=device)
         # One (3, k) block, filled by one index_add per step: counts, distances, margins.
         self._per_center = torch.zeros(3, n_clusters, dtype=torch.float64, device=device)
-        self.counts, self.sq_dist_sums, self.margin_sums = self._per_center
         self.farthest_sq_dist = torch.full((n_clusters,), -1.0, device=device)
         self.farthest_z = torch.zeros(n_clusters, n_features, device=device)
         self.movable = torch.zeros(n_clusters, dtype=torch.bool, device=device)  # set by reduce
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(k,) float64 rows per center (a view: write into it, do not rebind it)."""
+        return self._per_center[0]
+
+    @property
+    def sq_dist_sums(self) -> torch.Tensor:
+        """(k,) float64 summed squared distance per center (a view)."""
+        return self._per_center[1]
+
+    @property
+    def margin_sums(self) -> torch.Tensor:
+        """(k,) float64 summed margin per center (a view)."""
+        return self._per_center[2]
 
     def add(self, step: StepStats) -> None:
         labels = step.labels
         n_rows = float(labels.shape[0])
         ones = torch.ones_like(step.sq_dist)
-        self._losses += torch.stack((step.rec_loss * n_rows, step.clu_loss * n_rows, ones[0]))
+        one_step = ones[0]
+        self._losses += torch.stack((step.rec_loss * n_rows, step.clu_loss * n_rows, one_step))
         self.z_sum += step.z.sum(dim=0, dtype=torch.float64)
         per_row = torch.stack((ones, step.sq_dist, step.margin)).double()  # (3, B)
         self._per_center.index_add_(1, labels, per_row)
@@ -166,7 +181,6 @@ class EpochStats:
         d = self.z_sum.shape[0]
         self._losses, self.z_sum = packed[:3], packed[3 : 3 + d]
         self._per_center = packed[3 + d : 3 + d + 3 * k].view(3, k)
-        self.counts, self.sq_dist_sums, self.margin_sums = self._per_center
         self.movable = packed[3 + d + 3 * k :] > 0
 
     def farthest_rows(
