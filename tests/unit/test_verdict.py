@@ -45,3 +45,5 @@ def test_verdict_prefers_the_partition_that_follows_the_data(rows):
     assert verdict["rows"] == 300 and "nearest neighbours" in verdict["how"]
     worse = encoder_verdict(torch.tensor(x), torch.tensor(shuffled), torch.tensor(labels), 3)
     assert not worse["helped"]
+    assert verdict["reading"].startswith("helped")
+    assert worse["reading"].startswith("not confirmed")  # one-sided: never "worse"
