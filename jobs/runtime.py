@@ -24,6 +24,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # this environment) 0.5 s saves seconds per job at a negligible cost.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
+# A Ray started by the job runs on this machine without a dashboard, so two of Ray Train's
+# per-run services have nothing to do there: the preemption watcher (an actor per run that
+# polls for cloud nodes being drained) and the metrics callbacks (they export to the
+# dashboard's Prometheus agent). Measured on 2 cores, 4 runs each way of 4 epochs on 6,000
+# rows: 41 instead of 45 CPU-seconds per run, about 1 s less wall time (of ~23 s, most of it
+# Ray Train starting its processes). Both are read from the driver's environment (Ray Train
+# propagates it to its controller), so a joined cluster keeps Ray's defaults.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+
 
 class ClusterError(TellError):
     """The Ray cluster cannot be reached, or cannot run the job (it stopped progressing)."""
@@ -58,6 +67,8 @@ def ensure_ray() -> None:
                 "Check RAY_ADDRESS, or unset it to run on a local Ray started by the job."
             ) from None
     else:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(
             address="local",
             include_dashboard=False,

@@ -111,7 +111,10 @@ def _start_ray(extra_env: dict[str, str] | None = None, process_env: dict[str, s
     """Start a local Ray. ``extra_env`` reaches the workers through the runtime_env;
     ``process_env`` is set in this process first, so every Ray process inherits it.
     Returns (ray, context, the saved environment for :func:`_stop_ray`)."""
+    from jobs.runtime import LOCAL_RAY_ENV
+
     process_env = {
+        **LOCAL_RAY_ENV,  # what a local Ray started by a job runs with
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_V2_ENABLED": "1",
         # Ray caches the auth mode per process: the multi-node fixture disables it, so every

@@ -208,7 +208,8 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     assert writer.staged_files(unit) == []  # failed and replaced attempts were collected
     listed = {f["path"] for f in second["files"] + second["rejected_files"]}
     assert set(writer.part_files(unit)) == listed
-    assert_exactly(unit.uri, assigned_ids)
+    # Ray Data (6 s a read from S3 here) has read this shape of directory in 2.
+    assert_exactly(unit.uri, assigned_ids, ray_data=False)
 
     # 5. --partition-by cluster (issue 12): cluster=J/ directories, the same guarantees.
     by_cluster = dataclasses.replace(job, run_id="daily-by-cluster", partition_by="cluster")
@@ -228,13 +229,15 @@ def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
     _check_hive_clusters(hive.uri, table, assigned_ids)  # the previous commit, whole
     assign.main(by_cluster)
     table, _ = _check_exactly_once(hive.uri, ids)
-    _check_hive_clusters(hive.uri, table, assigned_ids)
+    _check_hive_clusters(hive.uri, table, assigned_ids, ray_data=False)  # as in the first
 
 
-def _check_hive_clusters(uri: str, committed: pa.Table, assigned_ids: np.ndarray) -> None:
+def _check_hive_clusters(
+    uri: str, committed: pa.Table, assigned_ids: np.ndarray, ray_data: bool = True
+) -> None:
     """Plain readers of a --partition-by cluster run: exactly the assigned rows, each under
     the cluster tell's reader gives it, and every file inside its own cluster=J/."""
-    found = assert_exactly(uri, assigned_ids, partitioned=True)
+    found = assert_exactly(uri, assigned_ids, partitioned=True, ray_data=ray_data)
     ok = committed.filter(committed["reason"].is_null())
     want = dict(zip(ok["id"].to_pylist(), ok["cluster"].to_pylist(), strict=True))
     for name, got in found.items():
