@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--job-timeout", type=float, default=3600.0)
-    # How often each process's RSS is read: a task shorter than this may end unsampled.
-    p.add_argument("--sample-interval-s", type=float, default=0.5)
+    # as in bench/train.py; a task shorter than the period may end unsampled
+    p.add_argument("--sample-interval", type=float, default=0.5, help="RSS sampling period (s)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p
 
@@ -63,7 +63,7 @@ def one_size(args: argparse.Namespace, rows: int, work: Path) -> dict[str, Any]:
     data_dir = write_parquet(data.X, work / "data", files=max(1, rows // FILE_ROWS))
     job_args = SimpleNamespace(
         k=args.k, seed=args.seed, dim=args.dim, cpus_per_worker=args.cpus_per_worker,
-        sample_interval=args.sample_interval_s, job_timeout=args.job_timeout,
+        sample_interval=args.sample_interval, job_timeout=args.job_timeout,
     )  # fmt: skip
     job = run_job(job_args, data_dir, rows, args.workers, {}, f"two-level-{rows}", work,
                   extra_job={"levels": 2})  # fmt: skip
