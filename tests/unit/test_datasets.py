@@ -194,23 +194,23 @@ WORDNET_LINES = [
 ]
 
 
-def test_read_wordnet_nouns_skips_license_and_examples(tmp_path):
+def test_read_wordnet_synsets_skips_license_and_examples(tmp_path):
     path = tmp_path / "data.noun"
     path.write_text("\n".join(WORDNET_LINES) + "\n")
 
-    lexfile, glosses = datasets.read_wordnet_nouns(path)
+    lexfile, glosses = datasets.read_wordnet_synsets(path)
 
     assert lexfile.tolist() == [3, 6, 6, 18, 18, 18]
     assert glosses[1] == "a hand tool; used to strike"
     assert glosses[4] == "someone who bakes"
 
 
-def test_read_wordnet_nouns_errors(tmp_path):
+def test_read_wordnet_synsets_errors(tmp_path):
     with pytest.raises(TellDataError, match="apt-get install -y wordnet-base"):
-        datasets.read_wordnet_nouns(tmp_path / "missing")
+        datasets.read_wordnet_synsets(tmp_path / "missing")
     (tmp_path / "data.noun").write_text("garbage line\n")
     with pytest.raises(TellDataError, match=r"data\.noun:1 is not a WordNet data line"):
-        datasets.read_wordnet_nouns(tmp_path / "data.noun")
+        datasets.read_wordnet_synsets(tmp_path / "data.noun")
 
 
 def test_sample_wordnet_is_balanced_deterministic_and_checked():
@@ -228,6 +228,17 @@ def test_sample_wordnet_is_balanced_deterministic_and_checked():
         datasets._sample_wordnet(lexfile, 2, 5, seed=0)
     with pytest.raises(TellConfigError, match=r"'n_classes' parameter must be an int in \[1, 4\]"):
         datasets._sample_wordnet(lexfile, 5, 1, seed=0)
+
+
+def test_sample_wordnet_after_the_largest_classes_takes_the_next_ones():
+    lexfile = np.array([3] * 2 + [6] * 5 + [18] * 4 + [20] * 3)
+
+    index, labels, chosen = datasets._sample_wordnet(lexfile, 2, 2, seed=0, skip_largest=1)
+
+    assert chosen == [18, 20]  # 6 (5 synsets) passed over; then 18 (4) and 20 (3)
+    assert np.all(lexfile[index] == np.array(chosen)[labels])
+    with pytest.raises(TellConfigError, match=r"'n_classes' parameter must be an int in \[1, 2\]"):
+        datasets._sample_wordnet(lexfile, 3, 1, seed=0, skip_largest=2)
 
 
 def test_load_wordnet_reads_its_parquet_cache(tmp_path):
@@ -250,6 +261,22 @@ def test_load_wordnet_reads_its_parquet_cache(tmp_path):
 def test_load_wordnet_bad_parameters(tmp_path):
     with pytest.raises(TellConfigError, match="'per_class' parameter must be an int >= 1"):
         load_wordnet(per_class=0, cache_dir=tmp_path)
+    with pytest.raises(TellConfigError, match="'part_of_speech' parameter must be one of"):
+        load_wordnet(part_of_speech="adverb", cache_dir=tmp_path)
+
+
+def test_load_wordnet_verbs_and_later_classes_have_their_own_cache_and_name(tmp_path):
+    table = embeddings_to_table(np.eye(2, 384, dtype=np.float32), labels=[0, 1], texts=["a", "b"])
+    table = table.replace_schema_metadata(
+        {b"tell.class_names": json.dumps(["verb.change", "verb.contact"]).encode()}
+    )
+    pq.write_table(table, datasets._wordnet_cache_file(tmp_path, 2, 1, 0, "verb", 3))
+
+    ds = load_wordnet(2, 1, cache_dir=tmp_path, part_of_speech="verb", skip_largest=3)
+
+    assert ds.name == "wordnet-verbs-after3" and ds.class_names == ("verb.change", "verb.contact")
+    assert datasets._wordnet_cache_file(tmp_path, 2, 1, 0).name.startswith("wordnet-nouns-2x1-")
+    assert datasets.wordnet_name("noun", 10) == "wordnet-nouns-after10"
 
 
 _WORDNET_10K = datasets._wordnet_cache_file(datasets.cache_dir(), 10, 1000, 0)
