@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="ACC/NMI/ARI of TELL per seed beside scikit-learn k-means and the paper.",
     )
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--seeds", type=int, default=5, help="how many seeds (default 5)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (default 0)")
     p.add_argument("--encoder", nargs="+", choices=ENCODERS, help="default: per data set")
     p.add_argument("--subset", type=int, help="rows (random, fixed across seeds); default all")
     p.add_argument("--out", help="JSON path (default bench-results/quality-<dataset>.json)")
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  TELL {enc}: {p}")
     print(HEADER, flush=True)
     runs: list[dict] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         km = None
         if args.kmeans_n_init > 0:
             km = {"seed": seed, **run_kmeans(x_flat, y, k, args.kmeans_n_init, seed)}
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
                 j["acc_minus_estimator"] = j["acc"] - r["acc"]
                 runs.append(j)
                 print(format_row(j), flush=True)
-        if seed < args.seeds - 1:  # a long run leaves its finished seeds on disk
+        if seed < args.first_seed + args.seeds - 1:  # a long run leaves finished seeds on disk
             _write(args, _result(args, argv, machine, data, params, runs), quiet=True)
     finish(machine)
     result = _result(args, argv, machine, data, params, runs)

@@ -70,3 +70,12 @@ def test_dispatcher_reports_missing_benchmark(capsys, monkeypatch):
     assert benchmark.main(["nosuch"]) == benchmark.EXIT_USAGE
     assert "bench/nosuch.py does not exist" in capsys.readouterr().err
     assert benchmark.main(["unknown"]) == benchmark.EXIT_USAGE
+
+
+def test_first_seed_runs_the_seeds_from_there(tmp_path):
+    out = tmp_path / "quality-digits.json"
+    argv = ["--dataset", "digits", "--seeds", "2", "--first-seed", "3", "--subset", "120",
+            "--encoder", "identity", "--epochs", "1", "--kmeans-n-init", "0", "--threads", "1",
+            "--out", str(out)]  # fmt: skip
+    result = quality.main(argv)
+    assert [r["seed"] for r in result["runs"]] == [3, 4]
