@@ -79,3 +79,15 @@ def test_first_seed_runs_the_seeds_from_there(tmp_path):
             "--out", str(out)]  # fmt: skip
     result = quality.main(argv)
     assert [r["seed"] for r in result["runs"]] == [3, 4]
+
+
+def test_a_subset_is_held_only_to_the_goal_every_set_shares():
+    runs = [
+        {"method": "TELL identity", "encoder": "identity", "seed": 0, "acc": 0.55, "nmi": 0.52},
+        {"method": "TELL mlp", "encoder": "mlp", "seed": 0, "acc": 0.77, "nmi": 0.68},
+    ]
+    whole = quality.check_goal("mnist", runs)
+    assert whole["met"] is False and not whole["checks"]["mlp mean ACC >= 0.85"]
+    subset = quality.check_goal("mnist", runs, subset=True)
+    assert subset["met"] is True and subset["goal"] == quality.SUBSET_GOAL
+    assert set(subset["checks"]) == {f"{r['method']} seed 0 NMI >= 0.8x identity" for r in runs}
