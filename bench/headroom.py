@@ -87,7 +87,7 @@ def learned_gain(name: str, results: Path) -> dict[str, Any]:
     gains: dict[str, Any] = {}
     current = results / f"quality-{name}-defaults.json"
     earlier = sorted(results.glob(f"quality-{name}-defaults-*.json"))
-    for path in [current, *earlier] if current.is_file() else earlier:
+    for path in ([current] if current.is_file() else []) + earlier:
         summary = json.loads(path.read_text())["summary"]
         identity = summary.get("TELL identity")
         for encoder in ("mlp", "conv"):
