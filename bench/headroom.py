@@ -32,13 +32,12 @@ import torch
 from sklearn.cluster import KMeans
 
 from bench.machine import finish, machine_info
-from bench.quality import WORDNET_SETS
-from tell.datasets import load_digits, load_mnist, load_wordnet
+from bench.quality import WORDNET_SETS, load_data
 from tell.metrics import cluster_accuracy
+from tell.verdict import neighbour_agreement
 
 DATASETS = ("digits", "mnist", *WORDNET_SETS)
 NEIGHBOURS = 10
-CHUNK_ROWS = 2048  # rows per similarity block: (2048, n) float32 scores at a time
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,29 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_rows(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X (n, D) float32 rows L2-normalised, y (n,) int64 labels) of data set ``name``."""
-    if name in WORDNET_SETS:
-        ds = load_wordnet(**WORDNET_SETS[name])
-    else:
-        ds = {"digits": load_digits, "mnist": load_mnist}[name]()
-    X = ds.X.reshape(len(ds.X), -1).astype(np.float32)
+    """(X (n, D) float32 rows L2-normalised, y (n,) int64 labels) of data set ``name``, as the
+    quality benchmark loads it."""
+    X, y, _ = load_data(name, subset=None)
+    X = X.reshape(len(X), -1).astype(np.float32)
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    return X, ds.y
+    return X, y
 
 
 def neighbour_purity(X: np.ndarray, y: np.ndarray, n_neighbours: int = NEIGHBOURS) -> float:
     """Mean share of each row's ``n_neighbours`` nearest rows (cosine, itself excluded) with
-    its label. ``X`` (n, D) unit rows, ``y`` (n,) labels; exact, in blocks of rows."""
-    xt = torch.from_numpy(X)
-    labels = torch.from_numpy(y)
-    same = 0.0
-    for start in range(0, len(X), CHUNK_ROWS):
-        scores = xt[start : start + CHUNK_ROWS] @ xt.T  # (b, n)
-        rows = torch.arange(scores.shape[0])
-        scores[rows, rows + start] = -np.inf  # not its own neighbour
-        nearest = scores.topk(n_neighbours, dim=1).indices  # (b, n_neighbours)
-        same += (labels[nearest] == labels[start : start + CHUNK_ROWS, None]).sum().item()
-    return same / (len(X) * n_neighbours)
+    its label: the verdict's neighbour agreement (``tell.verdict``) of the true classes.
+    ``X`` (n, D) rows, ``y`` (n,) labels."""
+    return neighbour_agreement(torch.from_numpy(X), torch.from_numpy(y), n_neighbours)
 
 
 def learned_gain(name: str, results: Path) -> dict[str, Any]:

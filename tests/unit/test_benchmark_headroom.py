@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from bench import headroom
+from tell import verdict
 
 
 def test_neighbour_purity_counts_the_neighbours_with_the_rows_label():
@@ -25,7 +26,7 @@ def test_neighbour_purity_is_the_same_in_blocks(monkeypatch):
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     y = rng.integers(0, 3, 50)
     whole = headroom.neighbour_purity(X, y)
-    monkeypatch.setattr(headroom, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(verdict, "_CHUNK_ROWS", 7)
     assert headroom.neighbour_purity(X, y) == whole
 
 
