@@ -73,6 +73,13 @@ def ray_nodes(s3_server):
                 "num_cpus": NODE_CPUS,
                 "object_store_memory": NODE_OBJECT_STORE_BYTES,
                 "include_dashboard": False,
+                # A lost node is declared dead after 3 failed checks 0.5 s apart (Ray's
+                # default: 5 checks 3 s apart, 15 s): the tests check what the jobs do once
+                # Ray has declared a node dead, not how long Ray takes to notice.
+                "_system_config": {
+                    "health_check_period_ms": 500,
+                    "health_check_failure_threshold": 3,
+                },
             },
         )
         nodes = Nodes(cluster, {})
