@@ -440,7 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  TELL {enc}: {p}")
     print(HEADER, flush=True)
     runs: list[dict] = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         km = None
         if args.kmeans_n_init > 0:
             km = {"seed": seed, **run_kmeans(x_flat, y, k, args.kmeans_n_init, seed)}
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
                 j["acc_minus_estimator"] = j["acc"] - r["acc"]
                 runs.append(j)
                 print(format_row(j), flush=True)
-        if seed < args.first_seed + args.seeds - 1:  # a long run leaves finished seeds on disk
+        if seed != seeds[-1]:  # a long run leaves its finished seeds on disk
             _write(args, _result(args, argv, machine, data, params, runs), quiet=True)
     finish(machine)
     result = _result(args, argv, machine, data, params, runs)
