@@ -31,8 +31,9 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
@@ -49,6 +50,7 @@ __all__ = [
     "list_files",
     "move_tree",
     "object_store_options",
+    "open_output",
     "read_bytes",
     "resolve",
     "storage_errors",
@@ -326,6 +328,42 @@ def read_bytes(loc: Location) -> bytes:
             return _s3fs_of(loc).cat_file(loc.path)
         with loc.filesystem.open_input_stream(loc.path) as stream:
             return stream.read()
+
+
+def open_output(loc: Location) -> tuple[Any, Callable[[], None]]:
+    """Open ``loc`` for streaming writes: ``(stream, abandon)``.
+
+    ``stream`` is a pyarrow output stream; closing it creates the file (S3: completes the
+    upload; only then does the object exist). ``abandon()`` drops what was written instead,
+    without creating the file: locally the partial file is deleted; on S3 the buffered bytes
+    are thrown away with no request (one, to abort it, if a multipart upload had begun).
+    Without it a dropped S3 stream uploads its buffer when garbage-collected (s3fs closes
+    files in ``__del__``): a failed write would publish a partial file and, when the
+    endpoint is what failed, spend a whole retry budget per open file (about 5 s each).
+    Failures while opening raise :class:`TellStorageError`.
+    """
+    with storage_errors(loc, "writing"):
+        if not loc.is_s3:
+            loc.filesystem.create_dir(posixpath.dirname(loc.path), recursive=True)
+            stream = loc.filesystem.open_output_stream(loc.path)
+
+            def abandon() -> None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+                with contextlib.suppress(OSError):
+                    os.remove(loc.path)
+
+            return stream, abandon
+        raw = _s3fs_of(loc).open(loc.path, "wb")
+
+    def abandon_s3() -> None:
+        with contextlib.suppress(Exception):  # best effort: the endpoint may be what failed
+            raw.discard()
+        raw.closed = True  # nothing left for __del__ to upload
+
+    import pyarrow as pa
+
+    return pa.PythonFile(raw, mode="w"), abandon_s3
 
 
 def write_bytes(loc: Location, data: bytes) -> None:

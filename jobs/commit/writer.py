@@ -86,12 +86,10 @@ import contextlib
 import importlib.metadata
 import json
 import logging
-import os
-import posixpath
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -208,17 +206,16 @@ class PartWriter:
         self.loc = attempt.unit.join(self.relpath)
         self.rows = 0
         self._stream: Any = None
+        self._abandon: Callable[[], None] | None = None
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        if self._writer is None:
+            self._stream, self._abandon = storage.open_output(self.loc)
         with storage.storage_errors(self.loc, "writing"):
             if self._writer is None:
-                fs = self.loc.filesystem
-                if not self.loc.is_s3:
-                    fs.create_dir(posixpath.dirname(self.loc.path), recursive=True)
-                self._stream = fs.open_output_stream(self.loc.path)
                 self._writer = pq.ParquetWriter(self._stream, table.schema)
             elif not table.schema.equals(self._writer.schema):
                 table = table.cast(self._writer.schema)
@@ -231,21 +228,22 @@ class PartWriter:
         with storage.storage_errors(self.loc, "writing"):
             self._writer.close()
             self._stream.close()  # S3: completes the upload; only now the object exists
-        self._writer = self._stream = None
+        self._writer = self._stream = self._abandon = None
         return Part(self.relpath, self.rows, self.kind, self.cluster)
 
     def abort(self) -> None:
-        """Drop a half-written file, best effort and without network calls (the storage may
-        be what failed): an S3 upload that was never completed does not exist, a local file
-        is deleted, and either way it is never listed in a manifest; the next commit's
-        garbage collection deletes whatever is left."""
-        stream, self._writer, self._stream = self._stream, None, None
-        if stream is None or self.loc.is_s3:
+        """Drop a half-written file, best effort and without waiting on the storage (it may
+        be what failed): the file is never created (:func:`jobs.storage.open_output`), and
+        it would never be listed in a manifest anyway; the next commit's garbage collection
+        deletes whatever a crashed process left."""
+        abandon, parquet = self._abandon, self._writer
+        self._writer = self._stream = self._abandon = None
+        if abandon is None:
             return
-        with contextlib.suppress(OSError):
-            stream.close()
-        with contextlib.suppress(OSError):
-            os.remove(self.loc.path)
+        abandon()
+        if parquet is not None:  # its footer now goes nowhere, not into a garbage collector
+            with contextlib.suppress(Exception):
+                parquet.close()
 
 
 # ---------------------------------------------------------------------------- counting

@@ -485,3 +485,32 @@ def test_persistent_5xx_gives_up_after_bounded_retries(proxy, s3_bucket):
         storage.check_access(loc, write=False)
     assert len(proxy.log) == 4, proxy.log
     print(f"\npersistent 500: {tries} tries in {elapsed:.2f} s")
+
+
+def test_a_failed_write_abandons_its_open_parts_without_a_request(proxy, s3_bucket):
+    """A write task whose storage fails abandons its other open parts (issue 13): no
+    request for them (against a dead endpoint each would spend a whole retry budget, about
+    5 s, so a --partition-by cluster task with many open parts stalled for minutes), and no
+    staged file appears, not even when the dropped streams are garbage-collected later."""
+    import gc
+
+    from tell.errors import TellStorageError
+
+    unit = _through(proxy, s3_bucket).join("out", "run")
+    attempt = writer.start_attempt(unit)
+    parts = [writer.PartWriter(attempt, writer.ASSIGNED, "part-0.parquet", j) for j in range(4)]
+    for part in parts:
+        part.write(pa.table({"id": np.arange(10)}))
+    proxy.clear()
+    proxy.fail(None, 403, "AccessDenied")  # the storage fails from here on
+    with pytest.raises(TellStorageError):
+        parts[0].close()
+    for part in parts:
+        part.abort()
+    gc.collect()
+    assert len(proxy.log) == 1, proxy.log  # the upload that failed, none for the others
+    proxy.clear()  # the storage answers again
+    del parts, part
+    gc.collect()
+    assert proxy.log == [], "an abandoned part was uploaded when garbage-collected"
+    assert writer.staged_files(unit) == []
