@@ -15,27 +15,22 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
 from jobs.input.inspect import InputSet, open_input
 from jobs.input.scan import require_clean, scan_input
-from jobs.model import publish
-from jobs.train import two_level
-from jobs.train.worker import train_loop_per_worker
 from tell.config import TrainConfig
-from tell.encoders import EncoderSpec
 from tell.errors import TellConfigError, TellDataError
-from tell.estimator import judge_encoder
 from tell.io import screen_rows
-from tell.model import TELLNet
-from tell.schedule import init_sample_rows_for
-from tell.verdict import verdict_rows
+
+if TYPE_CHECKING:
+    from tell.encoders import EncoderSpec
+    from tell.model import TELLNet
 
 logger = logging.getLogger("tell.train")
 
@@ -102,6 +97,13 @@ def _fits_in_object_store(n_bytes: int, share: float = 0.25) -> bool:
 def main(job: TrainJob) -> dict[str, Any]:
     """Run the training job; returns a summary (model location, final metrics)."""
     info, cfg, spec = plan(job)
+    # torch and the training modules load only now: a refused input costs the user a
+    # fraction of a second, not the ~2 s of importing them.
+    from jobs.model import publish
+    from jobs.train import two_level
+    from jobs.train.worker import train_loop_per_worker
+    from tell.schedule import init_sample_rows_for
+
     runtime.ensure_ray()
     runtime.require_shared_paths({"data": job.data, "out": job.out}, job.shared_filesystem)
     if job.levels == 2:
@@ -237,6 +239,11 @@ def main(job: TrainJob) -> dict[str, Any]:
 def _verdict(net: TELLNet, sample: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
     """The label-free verdict (``tell.verdict``) of a learned encoder on the k-means++
     sample the scan drew; ``{"verdict": None}`` for the identity encoder."""
+    import torch
+
+    from tell.estimator import judge_encoder
+    from tell.verdict import verdict_rows
+
     if not net.has_decoder:
         return {"verdict": None}
     rows = torch.tensor(sample[: verdict_rows(cfg.k)])  # copies the read-only view
