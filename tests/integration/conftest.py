@@ -49,9 +49,11 @@ class Nodes:
 
 
 @pytest.fixture(scope="module")
-def ray_nodes(s3_server):
+def ray_nodes(s3_server, shared_ray):
     """A head and WORKER_NODES worker nodes of NODE_CPUS CPUs each; this process is
-    connected to it as a driver (for the tests' own actors)."""
+    connected to it as a driver (for the tests' own actors), so the session's local Ray
+    stops first (the next module that needs it starts it again)."""
+    shared_ray.stop()
     missing = str(s3_server.workdir / "no-aws-config")
     process_env = {
         **s3_server.env,
