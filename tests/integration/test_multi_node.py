@@ -174,7 +174,7 @@ def test_a_job_that_cannot_be_scheduled_fails_naming_the_pending_demand(
     """Workers asking for a whole CPU when no node has one free (assignment actors; the
     training workers' placement group): one line after stall_timeout_s, naming the demand,
     nothing committed (no _SUCCESS, no model)."""
-    stall_s = 12
+    stall_s = 8  # the demand is pending from the start: any stall names it
     extra = ("--cpus-per-worker", "1", "--stall-timeout-s", str(stall_s))
     s3 = world["s3"]
     if command == "assign":
