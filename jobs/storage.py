@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tell.errors import TellStorageError
@@ -360,8 +361,6 @@ def open_output(loc: Location) -> tuple[Any, Callable[[], None]]:
         with contextlib.suppress(Exception):  # best effort: the endpoint may be what failed
             raw.discard()
         raw.closed = True  # nothing left for __del__ to upload
-
-    import pyarrow as pa
 
     return pa.PythonFile(raw, mode="w"), abandon_s3
 

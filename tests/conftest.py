@@ -7,9 +7,9 @@
   shared with the benchmarks).
 - ``s3_env``: the AWS_* environment pointing at that server (monkeypatched).
 - ``s3_bucket``: a fresh bucket per test, as ``"s3://name"``.
-- ``ray_cluster`` / ``ray_cluster_s3`` / ``ray_with_s3_credentials`` (module): the
-  session's local 2-CPU Ray (``shared_ray``, :class:`SharedRay`), whose workers hold the S3
-  credentials; the last also puts them in this process's environment for the module.
+- ``ray_cluster`` / ``ray_with_s3_credentials`` (module): the session's local 2-CPU Ray
+  (``shared_ray``, :class:`SharedRay`), whose workers hold the S3 credentials; the second
+  also puts them in this process's environment for the module.
 
 Heavy imports (ray, botocore, jobs.storage) happen inside the fixtures, so unit
 tests never import ray.
@@ -151,8 +151,8 @@ class SharedRay:
                 log_to_driver=False,
                 include_dashboard=False,
             )
-        finally:
-            _restore(self.credentials, self._saved)
+        finally:  # the workers have them; this process does not
+            _restore({k: self._saved[k] for k in self.credentials})
         return self.context
 
     def stop(self) -> None:
@@ -162,16 +162,16 @@ class SharedRay:
 
         ray.shutdown()
         self.context = None
-        _restore(self._saved, self._saved)
+        _restore(self._saved)
 
 
-def _restore(keys, saved: dict[str, str | None]) -> None:
-    """Put ``keys`` of ``os.environ`` back as ``saved`` holds them (None: unset)."""
-    for key in keys:
-        if saved.get(key) is None:
+def _restore(saved: dict[str, str | None]) -> None:
+    """Put these variables of ``os.environ`` back as ``saved`` holds them (None: unset)."""
+    for key, value in saved.items():
+        if value is None:
             os.environ.pop(key, None)
         else:
-            os.environ[key] = saved[key]
+            os.environ[key] = value
 
 
 _SHARED_RAY: SharedRay | None = None
@@ -208,14 +208,8 @@ def shared_ray(request):
 
 @pytest.fixture(scope="module")
 def ray_cluster(shared_ray):
-    """The session's local Ray (:class:`SharedRay`); yields its context."""
-    return shared_ray.start()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster_s3(shared_ray):
-    """The session's local Ray, whose workers hold the S3 credentials (use with ``s3_env``
-    for this process)."""
+    """The session's local Ray (:class:`SharedRay`), whose workers hold the S3 credentials
+    (use ``s3_env`` for this process); returns its context."""
     return shared_ray.start()
 
 

@@ -135,7 +135,7 @@ class _StopOnceAPartIsStaged:
 
 
 def test_s3_exactly_once_faults_rerun_and_parity_with_predict(
-    ray_cluster_s3, s3_bucket, s3_server, fitted
+    ray_cluster, s3_bucket, s3_server, fitted
 ):
     est, X, ids = fitted
     root = storage.resolve(s3_bucket)
@@ -249,7 +249,7 @@ def _check_hive_clusters(
                for f in manifest["files"])  # fmt: skip
 
 
-def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path, fitted):
+def test_local_incremental_assigns_only_new_partitions(ray_cluster, tmp_path, fitted):
     est, X, ids = fitted
     data, out = tmp_path / "data", tmp_path / "out"
     out.mkdir()
@@ -284,7 +284,7 @@ def test_local_incremental_assigns_only_new_partitions(ray_cluster_s3, tmp_path,
     assert third["partitions_assigned"] == [] and third["rows"] == 0
 
 
-def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fitted):
+def test_cli_subprocess_on_partitioned_local_input(ray_cluster, tmp_path, fitted):
     """tell assign and tell evaluate take the same hive-partitioned --data (issue 10)."""
     est, X, ids = fitted
     data, out = tmp_path / "data", tmp_path / "out"
@@ -295,7 +295,7 @@ def test_cli_subprocess_on_partitioned_local_input(ray_cluster_s3, tmp_path, fit
         loc = storage.resolve(str(data / day))
         _write_input(loc, X[rows], ids[rows], n_files=2, labels=labels[rows])
     model = _save(est, str(tmp_path / "model"))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster_s3.address_info["gcs_address"]}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["gcs_address"]}
     base = [sys.executable, "-m", "jobs.cli", "assign", "--model", model, "--data", str(data)]
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run(
@@ -363,9 +363,7 @@ def _delta_table(uri: str) -> pa.Table:
     return pa.table(table.to_pyarrow_table())
 
 
-def test_s3_delta_run_is_replaced_atomically_and_keeps_its_format(
-    ray_cluster_s3, s3_bucket, fitted
-):
+def test_s3_delta_run_is_replaced_atomically_and_keeps_its_format(ray_cluster, s3_bucket, fitted):
     """--table-format delta --partition-by cluster on S3: the Delta table holds exactly the
     assigned rows with tell's clusters; a re-run is one new version with exactly N again; a
     plain-Parquet run of the same run id is refused before Ray."""
@@ -397,7 +395,7 @@ def test_s3_delta_run_is_replaced_atomically_and_keeps_its_format(
     assert "\n" not in str(info.value)
 
 
-def test_local_incremental_delta_table_holds_each_partition_once(ray_cluster_s3, tmp_path, fitted):
+def test_local_incremental_delta_table_holds_each_partition_once(ray_cluster, tmp_path, fitted):
     """An incremental Delta run: each day is a table partition (dt), committed by its own
     transaction; Ray Data's read_delta and deltalake read exactly the assigned rows."""
     pytest.importorskip("deltalake")

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 K = 8  # clusters of the training_blobs fixture (tests/conftest.py)
 
 
-def test_train_from_and_checkpoint_to_s3(ray_cluster_s3, training_blobs, s3_bucket):
+def test_train_from_and_checkpoint_to_s3(ray_cluster, training_blobs, s3_bucket):
     """The billion-row path: every epoch streams the Parquet files from S3 (materialize
     never), checkpoints go to S3 (the kept-features path is tested in test_train.py)."""
     data_dir, data = training_blobs
