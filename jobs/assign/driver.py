@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -275,6 +276,7 @@ def _run_unit(
             "use_gpu": use_gpu,
             "heartbeat": beat.handle,
             "n_probe": p.n_probe or 1,
+            "fault": os.environ.get("TELL_FAULT_INJECT"),
         },
         batch_format="pyarrow",
         batch_size=job.batch_size,

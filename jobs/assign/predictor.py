@@ -17,6 +17,7 @@ rows with a null ``reason``; the sink (:mod:`jobs.assign.sink`) splits them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from jobs.commit.writer import REASON_COLUMN as REASON
+from jobs.faults import assign_delay_s
 from jobs.model import load_assignable
 from jobs.watchdog import Beater
 from tell.assign import assign
@@ -112,8 +114,10 @@ class Assigner:
         use_gpu: bool = False,
         heartbeat: Any | None = None,
         n_probe: int = 1,
+        fault: str | None = None,
     ) -> None:
         torch.set_num_threads(max(1, int(threads)))
+        self.delay_s = assign_delay_s(fault)  # tests: jobs.faults' ``assign`` fault
         self.beat = Beater(heartbeat)  # the job's watchdog hears of every batch
         self.column, self.dim, self.id_columns = column, dim, tuple(id_columns)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -143,5 +147,7 @@ class Assigner:
                 full[valid] = out[name]
                 arrays.append(pa.array(full, mask=~valid))
             arrays.append(pa.array(screen.reasons, type=pa.string()))
+        if self.delay_s:
+            time.sleep(self.delay_s)
         self.beat(f"assigned a batch of {n} rows")
         return pa.table(arrays, names=[*self.id_columns, *self.columns, REASON])

@@ -35,15 +35,16 @@ import numpy as np
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
+from jobs.faults import fine_fault, parse_fault, write_node_id
 from jobs.input.inspect import InputSet
 from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
-from jobs.train.faults import fine_fault, run_partition_with_fault
 from jobs.train.split import (
     PartitionWork,
     Split,
     n_partitions,
     partition_of,
+    run_partition,
     split_input,
     unit_rows,
 )
@@ -68,6 +69,21 @@ def tell_params(cfg: TrainConfig) -> dict[str, Any]:
     return {_TELL_NAMES.get(k, k): v for k, v in cfg.to_dict().items() if k not in _NOT_TELL}
 
 
+def run_partition_with_fault(
+    spec: str | None, work: PartitionWork, threads: int, *pieces: Any
+) -> list:
+    """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec`` (None: none):
+    a fine-fit task marks its node and waits, the first time only; counting tasks run as
+    they are."""
+    if spec is not None:
+        fault = parse_fault(spec)[1]
+        marker = f"{fault['marker']}-part-{work.part}"
+        if work.fits and not os.path.exists(marker):
+            write_node_id(marker)
+            time.sleep(float(fault.get("delay_s", 0)))
+    return run_partition(work, threads, *pieces)
+
+
 class PartitionRunner:
     """Runs :func:`jobs.train.split.run_partition` over partitions as Ray tasks of
     ``cpus`` CPUs, at most ``in_flight`` at once, and yields their results in order, with
@@ -75,7 +91,7 @@ class PartitionRunner:
     progress line, kept about every tenth of the way off a terminal). A failed task is one
     line: the TellError behind it (exit 2), a Ray failure as
     :class:`jobs.runtime.ClusterError`, anything else as RuntimeError (an internal error).
-    ``fault`` (tests): a ``fine`` spec of :mod:`jobs.train.faults` applied in each task."""
+    ``fault`` (tests): a ``fine`` spec of :mod:`jobs.faults` applied in each task."""
 
     def __init__(
         self, cpus: float, in_flight: int, beat: Callable[[str], None], fault: str | None = None

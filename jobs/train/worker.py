@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from jobs import progress
-from jobs.train.faults import maybe_inject_fault
+from jobs.faults import maybe_inject_fault
 from jobs.watchdog import Beater, beating
 from tell import checkpoint
 from tell.config import TrainConfig, from_mapping

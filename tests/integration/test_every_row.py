@@ -2,7 +2,7 @@
 split leaves no row out of an epoch, with 1, 2 and 3 workers.
 
 The rows carry their index in their first feature; the ``record`` instrumentation of
-``jobs/train/faults.py`` writes the first feature of every row each rank trained on, per
+``jobs/faults.py`` writes the first feature of every row each rank trained on, per
 epoch, so the test sees exactly which rows each epoch saw. Tiny inputs go through the
 installed ``tell`` command, whose stdout must be nothing but the JSON summary.
 """

@@ -247,9 +247,10 @@ def test_node_removed_mid_assignment_still_gives_exactly_n_rows(ray_nodes, world
         staged = [k for k in _keys(world, "out/node-lost/_staging/") if k.endswith(".staged")]
         return _node_of_busiest_worker() if staged else ""
 
-    done, _ = _lose_a_node_while(
-        ray_nodes, _assign_argv(world, "node-lost", *extra), ray_nodes.env, victim
-    )
+    # every batch (12 of 1,000 rows, 6 per actor) takes 1 s longer: the actors hold their
+    # nodes for seconds after the first part is staged, however loaded the machine
+    env = {**ray_nodes.env, "TELL_FAULT_INJECT": "assign:delay_s=1"}
+    done, _ = _lose_a_node_while(ray_nodes, _assign_argv(world, "node-lost", *extra), env, victim)
     _check_exactly_once(world, "node-lost", done)
 
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from jobs import runtime, storage
+from jobs.faults import assign_delay_s, fine_fault, maybe_inject_fault, parse_fault
 from jobs.input.inspect import open_input
 from jobs.model import publish
 from jobs.report.contingency import Contingency
 from jobs.train.driver import padding_rows
-from jobs.train.faults import fine_fault, maybe_inject_fault, parse_fault
 from jobs.train.split import PartitionWork
 from jobs.train.worker import local_batch_rows
 from tell import TELL, checkpoint
@@ -111,24 +111,30 @@ def test_fault_specs():
     assert fine_fault("record:dir=/x") is None and fine_fault(None) is None
     batches = [torch.ones(2, 3)]
     assert list(maybe_inject_fault(iter(batches), "fine:marker=/m", rank=0, epoch=0)) == batches
+    # the assignment actors' fault: a delay per batch, which neither the train loop nor the
+    # fine fits apply
+    assert assign_delay_s("assign:delay_s=0.5") == 0.5
+    assert assign_delay_s("fine:marker=/m:delay_s=6") == 0.0 and assign_delay_s(None) == 0.0
+    assert fine_fault("assign:delay_s=0.5") is None
+    assert list(maybe_inject_fault(iter(batches), "assign:delay_s=9", rank=0, epoch=0)) == batches
 
 
 def test_the_fine_fault_marks_and_waits_the_first_time_only(tmp_path, monkeypatch):
-    from jobs.train import faults
+    from jobs.train import two_level  # its fine-fit runner applies the fault
 
     waits, marks = [], []
-    monkeypatch.setattr(faults.time, "sleep", waits.append)
+    monkeypatch.setattr(two_level.time, "sleep", waits.append)
     monkeypatch.setattr(
-        faults, "_write_node_id", lambda path: (marks.append(path), open(path, "w").close())
+        two_level, "write_node_id", lambda path: (marks.append(path), open(path, "w").close())
     )
-    monkeypatch.setattr(faults, "run_partition", lambda work, threads, *pieces: [work.part])
+    monkeypatch.setattr(two_level, "run_partition", lambda work, threads, *pieces: [work.part])
     spec = f"fine:marker={tmp_path / 'm'}:delay_s=6"
     fit, count = PartitionWork(3, (3,), shares=(2,)), PartitionWork(3, (3,))
-    assert faults.run_partition_with_fault(spec, count, 1) == [3]  # counting: untouched
+    assert two_level.run_partition_with_fault(spec, count, 1) == [3]  # counting: untouched
     assert marks == [] and waits == []
-    assert faults.run_partition_with_fault(spec, fit, 1) == [3]
+    assert two_level.run_partition_with_fault(spec, fit, 1) == [3]
     assert marks == [str(tmp_path / "m-part-3")] and waits == [6.0]
-    assert faults.run_partition_with_fault(spec, fit, 1) == [3]  # the retry: at once
+    assert two_level.run_partition_with_fault(spec, fit, 1) == [3]  # the retry: at once
     assert len(marks) == 1 and waits == [6.0]
 
 

@@ -15,6 +15,8 @@
   the id of its Ray node to ``PATH-part-P`` as it starts, then waits T seconds, the first
   time only (a retried task finds the marker and runs at once), so a test can remove a node
   while a fine fit runs on it.
+- ``assign:delay_s=T``: every batch an assignment actor scores takes T seconds longer, so a
+  test can remove a node while the actors hold their nodes and parts are being written.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
 
-from jobs.train.split import PartitionWork, run_partition
 from tell.errors import TellConfigError
 
 _REQUIRED = {
@@ -36,8 +36,10 @@ _REQUIRED = {
     "mark": {"epoch", "step", "marker"},
     "record": {"dir"},
     "fine": {"marker"},
+    "assign": {"delay_s"},
 }
-FINE = "fine"  # the two-level job's fault; the others are the train loop's
+FINE = "fine"  # the two-level job's fault
+ASSIGN = "assign"  # the assignment actors'; the others are the train loop's
 
 
 def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
@@ -47,8 +49,8 @@ def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
     if kind not in _REQUIRED or not _REQUIRED[kind] <= set(values):
         raise TellConfigError(
             "TELL_FAULT_INJECT must look like kill:rank=R:epoch=E:step=S:marker=PATH, "
-            "mark:epoch=E:step=S:marker=PATH[:delay_s=T], record:dir=PATH or "
-            f"fine:marker=PATH[:delay_s=T]. Got {spec!r}."
+            "mark:epoch=E:step=S:marker=PATH[:delay_s=T], record:dir=PATH, "
+            f"fine:marker=PATH[:delay_s=T] or assign:delay_s=T. Got {spec!r}."
         )
     return kind, values
 
@@ -58,7 +60,7 @@ def maybe_inject_fault(
 ) -> Iterator[torch.Tensor]:
     """Pass ``batches`` through, applying the configured fault on this rank and epoch."""
     kind, fault = parse_fault(spec) if spec else (None, {})
-    if kind in (None, FINE):  # no fault, or the fine fits' (not the train loop's)
+    if kind in (None, FINE, ASSIGN):  # no fault, or another stage's (not the train loop's)
         yield from batches
         return
     if kind == "record":
@@ -77,7 +79,7 @@ def maybe_inject_fault(
                 with open(marker, "w") as f:
                     f.write(f"killed rank {rank} at epoch {epoch} step {step}\n")
                 os._exit(17)
-            _write_node_id(marker)
+            write_node_id(marker)
         if delay_s:
             time.sleep(delay_s)
         yield batch
@@ -88,22 +90,15 @@ def fine_fault(spec: str | None) -> str | None:
     return spec if spec and parse_fault(spec)[0] == FINE else None
 
 
-def run_partition_with_fault(
-    spec: str | None, work: PartitionWork, threads: int, *pieces: Any
-) -> list:
-    """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec`` (None: none):
-    a fine-fit task marks its node and waits, the first time only; counting tasks run as
-    they are."""
-    if spec is not None:
-        fault = parse_fault(spec)[1]
-        marker = f"{fault['marker']}-part-{work.part}"
-        if work.fits and not os.path.exists(marker):
-            _write_node_id(marker)
-            time.sleep(float(fault.get("delay_s", 0)))
-    return run_partition(work, threads, *pieces)
+def assign_delay_s(spec: str | None) -> float:
+    """Seconds each assignment batch waits under the ``assign`` fault ``spec`` (0: none)."""
+    if not spec:
+        return 0.0
+    kind, fault = parse_fault(spec)
+    return float(fault["delay_s"]) if kind == ASSIGN else 0.0
 
 
-def _write_node_id(path: str) -> None:
+def write_node_id(path: str) -> None:
     import ray
 
     with open(path + ".tmp", "w") as f:
