@@ -22,11 +22,13 @@ The node-removing tests come last and put a node back when they end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,26 +118,37 @@ def _check_exactly_once(world, run_id: str, done: subprocess.CompletedProcess) -
     np.testing.assert_array_equal(got, np.sort(world["ids"]))  # no row lost, none twice
 
 
-@pytest.fixture
-def half_cpu_held(ray_nodes):
-    """Another job's actors hold half the CPU of every node, for the test's duration."""
+@contextlib.contextmanager
+def _cpus_held(nodes: list[str], cpus: float) -> Iterator[None]:
+    """Another job's actors hold ``cpus`` CPUs of each of ``nodes`` (Ray node ids)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0.5)
+    @ray.remote(num_cpus=cpus)
     class Holder:
         def node(self) -> str:
             return ray.get_runtime_context().get_node_id()
 
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     holders = [
         Holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote()
         for n in nodes
     ]
     assert sorted(ray.get([h.node.remote() for h in holders])) == sorted(nodes)
-    yield len(nodes)
-    for holder in holders:
-        ray.kill(holder)
+    try:
+        yield
+    finally:
+        for holder in holders:
+            ray.kill(holder)
+
+
+@pytest.fixture
+def half_cpu_held(ray_nodes):
+    """Another job's actors hold half the CPU of every node, for the test's duration."""
+    import ray
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    with _cpus_held(nodes, 0.5):
+        yield len(nodes)
 
 
 @pytest.fixture
@@ -226,7 +239,13 @@ def _lose_a_node_while(nodes, argv, env, victim) -> tuple[subprocess.CompletedPr
         while proc.poll() is None and not node and time.monotonic() - started < TIMEOUT_S:
             time.sleep(0.1)
             node = victim()
-        assert node and proc.poll() is None, "the job ended before a node was lost"
+        if not node or proc.poll() is not None:
+            code = proc.poll()  # None: still running after TIMEOUT_S
+            proc.kill()
+            raise AssertionError(
+                f"no node was lost before the job ended (exit {code}):\n"
+                f"{proc.communicate(timeout=60)[1][-3000:]}"
+            )
         nodes.remove_worker(node)
         removed_s = time.monotonic() - started
         out, err = proc.communicate(timeout=TIMEOUT_S)
@@ -250,7 +269,14 @@ def test_node_removed_mid_assignment_still_gives_exactly_n_rows(ray_nodes, world
     # every batch (12 of 1,000 rows, 6 per actor) takes 1 s longer: the actors hold their
     # nodes for seconds after the first part is staged, however loaded the machine
     env = {**ray_nodes.env, "TELL_FAULT_INJECT": "assign:delay_s=1"}
-    done, _ = _lose_a_node_while(ray_nodes, _assign_argv(world, "node-lost", *extra), env, victim)
+    # Another job holds the head's one CPU, so both actors (1 CPU each) run on worker nodes:
+    # the job's driver runs on the head, and Ray would place the first actor beside it, where
+    # no node can be lost (reads and writes ask for no CPU).
+    import ray
+
+    with _cpus_held([ray.get_runtime_context().get_node_id()], 1):
+        argv = _assign_argv(world, "node-lost", *extra)
+        done, _ = _lose_a_node_while(ray_nodes, argv, env, victim)
     _check_exactly_once(world, "node-lost", done)
 
 
