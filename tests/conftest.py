@@ -11,6 +11,9 @@
   (``shared_ray``, :class:`SharedRay`), whose workers hold the S3 credentials; the second
   also puts them in this process's environment for the module.
 
+Session fixtures are per pytest process: with ``-n 2`` (the README's command) each of the
+two processes has its own S3 server and its own local Ray.
+
 Heavy imports (ray, botocore, jobs.storage) happen inside the fixtures, so unit
 tests never import ray.
 """
