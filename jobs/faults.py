@@ -90,6 +90,16 @@ def fine_fault(spec: str | None) -> str | None:
     return spec if spec and parse_fault(spec)[0] == FINE else None
 
 
+def hold_fine_fit(spec: str, part: int) -> None:
+    """The ``fine`` fault ``spec`` in the task fitting partition ``part``: mark its node and
+    wait, the first time only (a retried task finds the marker and runs at once)."""
+    fault = parse_fault(spec)[1]
+    marker = f"{fault['marker']}-part-{part}"
+    if not os.path.exists(marker):
+        write_node_id(marker)
+        time.sleep(float(fault.get("delay_s", 0)))
+
+
 def assign_delay_s(spec: str | None) -> float:
     """Seconds each assignment batch waits under the ``assign`` fault ``spec`` (0: none)."""
     if not spec:

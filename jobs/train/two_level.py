@@ -35,7 +35,7 @@ import numpy as np
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
-from jobs.faults import fine_fault, parse_fault, write_node_id
+from jobs.faults import fine_fault, hold_fine_fit
 from jobs.input.inspect import InputSet
 from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
@@ -75,12 +75,8 @@ def run_partition_with_fault(
     """:func:`jobs.train.split.run_partition` after the ``fine`` fault ``spec`` (None: none):
     a fine-fit task marks its node and waits, the first time only; counting tasks run as
     they are."""
-    if spec is not None:
-        fault = parse_fault(spec)[1]
-        marker = f"{fault['marker']}-part-{work.part}"
-        if work.fits and not os.path.exists(marker):
-            write_node_id(marker)
-            time.sleep(float(fault.get("delay_s", 0)))
+    if spec is not None and work.fits:
+        hold_fine_fit(spec, work.part)
     return run_partition(work, threads, *pieces)
 
 

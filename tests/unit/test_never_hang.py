@@ -120,12 +120,13 @@ def test_fault_specs():
 
 
 def test_the_fine_fault_marks_and_waits_the_first_time_only(tmp_path, monkeypatch):
+    from jobs import faults
     from jobs.train import two_level  # its fine-fit runner applies the fault
 
     waits, marks = [], []
-    monkeypatch.setattr(two_level.time, "sleep", waits.append)
+    monkeypatch.setattr(faults.time, "sleep", waits.append)
     monkeypatch.setattr(
-        two_level, "write_node_id", lambda path: (marks.append(path), open(path, "w").close())
+        faults, "write_node_id", lambda path: (marks.append(path), open(path, "w").close())
     )
     monkeypatch.setattr(two_level, "run_partition", lambda work, threads, *pieces: [work.part])
     spec = f"fine:marker={tmp_path / 'm'}:delay_s=6"
