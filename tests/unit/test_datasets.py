@@ -79,8 +79,9 @@ def test_parse_idx_round_trip(dtype):
         (b"\x00\x00\x07\x01\x00\x00\x00\x01\x07", "unknown IDX type code 0x07"),
         (b"\x00\x00\x08\x02\x00\x00\x00\x01", "truncated IDX header"),
         (b"\x00\x00\x08\x01\x00\x00\x00\x03\x07", r"is 9 bytes but its IDX header \(shape \(3,\)"),
-        (gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07"), "not an IDX file"),
+        (gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07", mtime=0), "not an IDX file"),
     ],
+    ids=["bad-magic", "short", "unknown-type", "truncated-header", "short-body", "gzip-inside"],
 )
 def test_parse_idx_bad_header(data, match):
     with pytest.raises(TellDataError, match=match):
