@@ -12,7 +12,9 @@
   also puts them in this process's environment for the module.
 
 Session fixtures are per pytest process: with ``-n 2`` (the README's command) each of the
-two processes has its own S3 server and its own local Ray.
+two processes has its own S3 server and its own local Ray. Each process collects the tests
+itself and xdist refuses to run if the two lists differ, so a parametrize value (and its id)
+must not depend on the clock or on hash order: ``gzip.compress(..., mtime=0)``, sorted sets.
 
 Heavy imports (ray, botocore, jobs.storage) happen inside the fixtures, so unit
 tests never import ray.
