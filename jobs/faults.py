@@ -25,11 +25,16 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tell.errors import TellConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+ENV = "TELL_FAULT_INJECT"  # the variable the drivers read the spec from
 
 _REQUIRED = {
     "kill": {"rank", "epoch", "step", "marker"},
@@ -42,13 +47,19 @@ FINE = "fine"  # the two-level job's fault
 ASSIGN = "assign"  # the assignment actors'; the others are the train loop's
 
 
+def spec_from_env() -> str | None:
+    """The fault spec this driver was started with (``$TELL_FAULT_INJECT``; None: none). A
+    driver reads it and hands it to its workers, whose environment may differ."""
+    return os.environ.get(ENV)
+
+
 def parse_fault(spec: str) -> tuple[str, dict[str, str]]:
     """(kind, fields) of a spec; refuses one that is not one of the module's forms."""
     kind, *fields = spec.split(":")
     values = dict(f.split("=", 1) for f in fields if "=" in f)
     if kind not in _REQUIRED or not _REQUIRED[kind] <= set(values):
         raise TellConfigError(
-            "TELL_FAULT_INJECT must look like kill:rank=R:epoch=E:step=S:marker=PATH, "
+            f"{ENV} must look like kill:rank=R:epoch=E:step=S:marker=PATH, "
             "mark:epoch=E:step=S:marker=PATH[:delay_s=T], record:dir=PATH, "
             f"fine:marker=PATH[:delay_s=T] or assign:delay_s=T. Got {spec!r}."
         )
@@ -79,7 +90,7 @@ def maybe_inject_fault(
                 with open(marker, "w") as f:
                     f.write(f"killed rank {rank} at epoch {epoch} step {step}\n")
                 os._exit(17)
-            write_node_id(marker)
+            _write_node_id(marker)
         if delay_s:
             time.sleep(delay_s)
         yield batch
@@ -96,7 +107,7 @@ def hold_fine_fit(spec: str, part: int) -> None:
     fault = parse_fault(spec)[1]
     marker = f"{fault['marker']}-part-{part}"
     if not os.path.exists(marker):
-        write_node_id(marker)
+        _write_node_id(marker)
         time.sleep(float(fault.get("delay_s", 0)))
 
 
@@ -108,7 +119,7 @@ def assign_delay_s(spec: str | None) -> float:
     return float(fault["delay_s"]) if kind == ASSIGN else 0.0
 
 
-def write_node_id(path: str) -> None:
+def _write_node_id(path: str) -> None:
     import ray
 
     with open(path + ".tmp", "w") as f:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs import progress, runtime, storage, watchdog
+from jobs import faults, progress, runtime, storage, watchdog
 from jobs.assign import ids
 from jobs.assign.predictor import (
     CHECK_COLUMN,
@@ -276,7 +275,7 @@ def _run_unit(
             "use_gpu": use_gpu,
             "heartbeat": beat.handle,
             "n_probe": p.n_probe or 1,
-            "fault": os.environ.get("TELL_FAULT_INJECT"),
+            "fault": faults.spec_from_env(),
         },
         batch_format="pyarrow",
         batch_size=job.batch_size,

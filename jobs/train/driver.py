@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from jobs import progress, runtime, storage, watchdog
+from jobs import faults, progress, runtime, storage, watchdog
 from jobs.config import TrainJob
 from jobs.input.inspect import InputSet, open_input
 from jobs.input.scan import require_clean, scan_input
@@ -186,7 +185,7 @@ def main(job: TrainJob) -> dict[str, Any]:
                 "rows_per_worker": (scan.rows + padding) // job.workers,
                 "sample": scan.sample,
                 "metadata": metadata,
-                "fault": os.environ.get("TELL_FAULT_INJECT"),
+                "fault": faults.spec_from_env(),
                 "threads_per_worker": max(1, int(job.cpus_per_worker)),
                 "heartbeat": beat.handle,
                 "checkpoint_every": job.checkpoint_every,

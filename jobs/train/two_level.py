@@ -25,7 +25,6 @@ The object store holds one copy of the features from the split to the end of the
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,7 @@ import numpy as np
 
 from jobs import progress, runtime, storage, watchdog
 from jobs.config import TrainJob
-from jobs.faults import fine_fault, hold_fine_fit
+from jobs.faults import fine_fault, hold_fine_fit, spec_from_env
 from jobs.input.inspect import InputSet
 from jobs.input.scan import require_clean, scan_input
 from jobs.model import publish_two_level
@@ -226,7 +225,7 @@ def main(job: TrainJob, info: InputSet, cfg: TrainConfig) -> dict[str, Any]:
             f"{coarse_s + split_s:.1f} s"
         )
         count = PartitionRunner(0.0, 2 * job.workers, beat)  # light: a sort per partition
-        fault = fine_fault(os.environ.get("TELL_FAULT_INJECT"))
+        fault = fine_fault(spec_from_env())
         fit = PartitionRunner(job.cpus_per_worker, job.workers, beat, fault)
         model, timings = fit_split(split, coarse, cfg.k, cfg.seed, params, fit, count)
         del split  # the object store's copy of the rows

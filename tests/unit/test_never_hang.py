@@ -126,7 +126,7 @@ def test_the_fine_fault_marks_and_waits_the_first_time_only(tmp_path, monkeypatc
     waits, marks = [], []
     monkeypatch.setattr(faults.time, "sleep", waits.append)
     monkeypatch.setattr(
-        faults, "write_node_id", lambda path: (marks.append(path), open(path, "w").close())
+        faults, "_write_node_id", lambda path: (marks.append(path), open(path, "w").close())
     )
     monkeypatch.setattr(two_level, "run_partition", lambda work, threads, *pieces: [work.part])
     spec = f"fine:marker={tmp_path / 'm'}:delay_s=6"
